@@ -1,0 +1,20 @@
+# HeteroSP for GPU clusters. Build on a machine with a Docker engine:
+#   docker build -t hetero-sp .
+# The base image brings CUDA, NCCL and its own PyTorch; installing HeteroSP keeps that torch.
+FROM nvcr.io/nvidia/pytorch:25.01-py3
+
+WORKDIR /opt/hetero-sp
+ENV TORCH_EXTENSIONS_DIR=/opt/torch_extensions \
+    PIP_NO_CACHE_DIR=1
+
+# flash-attn compiles against the image's torch; no build isolation so it sees it.
+RUN pip install --no-build-isolation "flash-attn>=2.6"
+
+COPY pyproject.toml README.md ./
+COPY hetero_sp ./hetero_sp
+COPY kernels ./kernels
+COPY configs ./configs
+COPY launch ./launch
+RUN pip install --no-build-isolation -e ".[gpu]"
+
+CMD ["bash"]

@@ -1,0 +1,320 @@
+"""Training configuration: validated, frozen dataclass sections loaded from TOML.
+
+A config file has one TOML table per section (``[model]``, ``[parallel]``, ...). Any key can be
+overridden on the command line as ``section.key=value`` (the value is parsed as TOML, and taken
+as a plain string when it is not valid TOML, so ``model.layers=LLSS`` works unquoted).
+Every bad value raises ``ValueError`` naming the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import inspect
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomllib
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot be used; the message names the key and the fix."""
+
+
+def _require(ok: bool, section: str, key: str, what: str) -> None:
+    if not ok:
+        raise ConfigError(f"{section}.{key}: {what}")
+
+
+def _choice(value: str, allowed: tuple[str, ...], section: str, key: str) -> None:
+    _require(value in allowed, section, key, f"got {value!r}; allowed values: {', '.join(allowed)}")
+
+
+@dataclass(kw_only=True, frozen=True)
+class ModelConfig:
+    """The hybrid decoder."""
+
+    vocab_size: int = 258
+    """Vocabulary size; 258 = 256 byte values + <bos> + <eos> for the byte tokenizer."""
+    dim: int = 128
+    """Hidden size of the residual stream."""
+    layers: str = "LLLS"
+    """Layer pattern, one letter per layer: L = linear attention with decay, S = softmax attention."""
+    num_heads: int = 4
+    """Query heads of every attention layer (linear and softmax)."""
+    num_kv_heads: int = 2
+    """Key/value heads of softmax layers (grouped-query attention); must divide num_heads."""
+    ffn_dim: int = 384
+    """Inner size of the SwiGLU feed-forward block."""
+    rope_theta: float = 10000.0
+    """RoPE base of softmax layers."""
+    norm_eps: float = 1e-6
+    """RMSNorm epsilon."""
+    linear_decay: bool = True
+    """Per-head, per-token decay gate in L layers; false gives plain linear attention (g = 0)."""
+    decay_normalizer: float = 16.0
+    """Divides logsigmoid(gate): larger values give slower decay (longer memory)."""
+    tie_embeddings: bool = False
+    """Share the input embedding with the output projection."""
+    init_std: float = 0.02
+    """Standard deviation of the normal initialisation of weight matrices."""
+
+    def __post_init__(self) -> None:
+        s = "model"
+        for key in ("vocab_size", "dim", "num_heads", "num_kv_heads", "ffn_dim"):
+            _require(getattr(self, key) > 0, s, key, f"must be positive, got {getattr(self, key)}")
+        _require(len(self.layers) > 0, s, "layers", "needs at least one layer letter (L or S)")
+        bad = sorted(set(self.layers) - {"L", "S"})
+        _require(
+            not bad,
+            s,
+            "layers",
+            f"{self.layers!r} has {bad}; each letter must be L (linear attention) or S (softmax)",
+        )
+        _require(
+            self.dim % self.num_heads == 0,
+            s,
+            "num_heads",
+            f"must divide dim={self.dim}, got {self.num_heads}",
+        )
+        _require(
+            self.num_heads % self.num_kv_heads == 0,
+            s,
+            "num_kv_heads",
+            f"must divide num_heads={self.num_heads}, got {self.num_kv_heads}",
+        )
+        _require(self.rope_theta > 0, s, "rope_theta", "must be positive")
+        _require(self.norm_eps > 0, s, "norm_eps", "must be positive")
+        _require(self.decay_normalizer > 0, s, "decay_normalizer", "must be positive")
+        _require(self.init_std > 0, s, "init_std", "must be positive")
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.num_heads
+
+
+@dataclass(kw_only=True, frozen=True)
+class ParallelConfig:
+    """How sequences are spread over ranks and which kernels run attention."""
+
+    sp_mode: str = "dp"
+    """dp: every rank trains its own whole sequences (sequence-parallel degree 1)."""
+    linear_backend: str = "auto"
+    """Linear-attention kernels: auto (triton on CUDA, torch otherwise), torch or triton."""
+    softmax_backend: str = "auto"
+    """Softmax attention: auto (flash-attn varlen when importable on CUDA, else torch), flash, torch."""
+
+    def __post_init__(self) -> None:
+        _choice(self.sp_mode, ("dp",), "parallel", "sp_mode")
+        _choice(self.linear_backend, ("auto", "torch", "triton"), "parallel", "linear_backend")
+        _choice(self.softmax_backend, ("auto", "flash", "torch"), "parallel", "softmax_backend")
+
+
+@dataclass(kw_only=True, frozen=True)
+class DataConfig:
+    """Where training tokens come from and how a step's batch is drawn."""
+
+    dataset: str = "embedded"
+    """embedded: the Python standard library's source files as documents (no download)."""
+    tokens_per_step: int = 8192
+    """Tokens in one global batch (all ranks together); constant across steps."""
+    max_seq_len: int = 2048
+    """Longest document a batch holds; longer documents are cut at a random offset."""
+    seed: int = 1234
+    """Seed of the batch sampler; with the step it fixes every batch."""
+
+    def __post_init__(self) -> None:
+        _choice(self.dataset, ("embedded",), "data", "dataset")
+        _require(self.tokens_per_step > 0, "data", "tokens_per_step", "must be positive")
+        _require(self.max_seq_len > 1, "data", "max_seq_len", "must be at least 2")
+
+
+@dataclass(kw_only=True, frozen=True)
+class OptimConfig:
+    """AdamW with linear warm-up and cosine decay."""
+
+    lr: float = 3e-3
+    """Peak learning rate."""
+    min_lr: float = 3e-4
+    """Learning rate at the end of the cosine decay."""
+    warmup_steps: int = 10
+    """Steps of linear warm-up from 0 to lr."""
+    weight_decay: float = 0.1
+    """Decoupled weight decay of matrices (norms and biases get none)."""
+    beta1: float = 0.9
+    """AdamW beta1."""
+    beta2: float = 0.95
+    """AdamW beta2."""
+    eps: float = 1e-8
+    """AdamW epsilon."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this value; 0 disables clipping."""
+
+    def __post_init__(self) -> None:
+        s = "optim"
+        _require(self.lr > 0, s, "lr", "must be positive")
+        _require(0 <= self.min_lr <= self.lr, s, "min_lr", "must be in [0, lr]")
+        _require(self.warmup_steps >= 0, s, "warmup_steps", "must be >= 0")
+        _require(self.weight_decay >= 0, s, "weight_decay", "must be >= 0")
+        _require(0 <= self.beta1 < 1, s, "beta1", "must be in [0, 1)")
+        _require(0 <= self.beta2 < 1, s, "beta2", "must be in [0, 1)")
+        _require(self.eps > 0, s, "eps", "must be positive")
+        _require(self.grad_clip >= 0, s, "grad_clip", "must be >= 0 (0 disables clipping)")
+
+
+@dataclass(kw_only=True, frozen=True)
+class TrainConfig:
+    """The run: length, precision, ZeRO stage, outputs."""
+
+    steps: int = 100
+    """Optimizer steps to train."""
+    zero_stage: int = 1
+    """DeepSpeed ZeRO stage: 0 (plain data parallel), 1, 2 or 3."""
+    precision: str = "fp32"
+    """fp32 or bf16 (bf16 mixed precision with fp32 master weights)."""
+    seed: int = 0
+    """Seed of the model initialisation."""
+    out_dir: str = "runs/cpu-tiny"
+    """Run folder: metrics.jsonl, tensorboard events, checkpoints."""
+    log_every: int = 1
+    """Write metrics every this many steps."""
+    ckpt_every: int = 50
+    """Checkpoint every this many steps; 0 disables checkpoints (a final one is still written)."""
+    keep_checkpoints: int = 2
+    """Newest checkpoints to keep on disk."""
+    resume: bool = True
+    """Continue from the newest good checkpoint in out_dir when there is one."""
+    progress: bool = True
+    """Show a tqdm progress bar on rank 0."""
+    dist_timeout_s: int = 600
+    """Seconds a collective may wait before the run fails (gloo/NCCL timeout)."""
+
+    def __post_init__(self) -> None:
+        s = "train"
+        _require(self.steps > 0, s, "steps", "must be positive")
+        _choice(str(self.zero_stage), ("0", "1", "2", "3"), s, "zero_stage")
+        _choice(self.precision, ("fp32", "bf16"), s, "precision")
+        _require(self.log_every > 0, s, "log_every", "must be positive")
+        _require(self.ckpt_every >= 0, s, "ckpt_every", "must be >= 0")
+        _require(self.keep_checkpoints > 0, s, "keep_checkpoints", "must be positive")
+        _require(self.dist_timeout_s > 0, s, "dist_timeout_s", "must be positive")
+
+
+@dataclass(kw_only=True, frozen=True)
+class Config:
+    """A whole run."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return dataclasses.asdict(self)
+
+
+SECTIONS: dict[str, type] = {f.name: f.type for f in dataclasses.fields(Config)}
+SECTIONS = {name: globals()[typ] if isinstance(typ, str) else typ for name, typ in SECTIONS.items()}
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """The docstring written under each field of a config dataclass."""
+    tree = ast.parse(inspect.getsource(cls))
+    body = tree.body[0].body
+    docs: dict[str, str] = {}
+    for node, nxt in zip(body, body[1:]):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and isinstance(nxt, ast.Expr)
+            and isinstance(nxt.value, ast.Constant)
+            and isinstance(nxt.value.value, str)
+        ):
+            docs[node.target.id] = nxt.value.value.strip()
+    return docs
+
+
+def _coerce(section: str, key: str, value: Any, typ: Any) -> Any:
+    """Check a TOML value against a field type; ints are accepted where floats are expected."""
+    where = f"{section}.{key}"
+    if typ is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if typ is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if typ is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if typ is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    origin = typing.get_origin(typ)
+    if origin is tuple:
+        (item_type, _) = typing.get_args(typ)
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return tuple(_coerce(section, key, v, item_type) for v in value)
+    raise ConfigError(f"{where}: unsupported field type {typ}")
+
+
+def _build_section(name: str, values: dict[str, Any]) -> Any:
+    cls = SECTIONS[name]
+    hints = typing.get_type_hints(cls)
+    allowed = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in values.items():
+        if key not in allowed:
+            raise ConfigError(
+                f"{name}.{key}: unknown key; allowed keys in [{name}]: {', '.join(allowed)}"
+            )
+        kwargs[key] = _coerce(name, key, value, hints[key])
+    return cls(**kwargs)
+
+
+def parse_override(text: str) -> tuple[str, str, Any]:
+    """``section.key=value`` -> (section, key, value); the value is parsed as TOML if it can be."""
+    if "=" not in text or "." not in text.split("=", 1)[0]:
+        raise ConfigError(f"override {text!r}: write it as section.key=value, e.g. model.dim=256")
+    dotted, raw = text.split("=", 1)
+    section, key = dotted.strip().split(".", 1)
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return section, key, value
+
+
+def config_from_dict(raw: dict[str, Any]) -> Config:
+    sections = {}
+    for name, values in raw.items():
+        if name not in SECTIONS:
+            raise ConfigError(f"[{name}]: unknown section; allowed sections: {', '.join(SECTIONS)}")
+        if not isinstance(values, dict):
+            raise ConfigError(f"[{name}]: expected a table of keys, got {values!r}")
+        sections[name] = _build_section(name, values)
+    return Config(**sections)
+
+
+def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read a TOML file (or start from defaults when ``path`` is None) and apply overrides."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {str(path)!r} does not exist")
+        try:
+            raw = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as err:
+            raise ConfigError(f"config file {str(path)!r} is not valid TOML: {err}") from err
+    for text in overrides:
+        section, key, value = parse_override(text)
+        raw.setdefault(section, {})[key] = value
+    return config_from_dict(raw)

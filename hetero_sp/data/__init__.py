@@ -1,0 +1,1 @@
+"""Data: tokenizers, corpora and the samplers that draw each step's global batch."""

@@ -1,0 +1,1 @@
+"""Training engine: DeepSpeed step, loss normalisation, checkpoints, metrics."""

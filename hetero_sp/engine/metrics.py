@@ -1,0 +1,67 @@
+"""Per-step metrics: a flat dict with namespaced keys (``loss/``, ``throughput/``, ``memory/``,
+``plan/``, ``comm/``, ...), appended to ``metrics.jsonl`` and written to tensorboard.
+
+Only rank 0 writes; other ranks get a writer that does nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+from pathlib import Path
+
+import torch
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    """Peak device memory on CUDA; peak resident set size of this process on CPU."""
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+class MetricsWriter:
+    def __init__(self, out_dir: str | Path, enabled: bool, tensorboard: bool = True) -> None:
+        self.enabled = enabled
+        self.path = Path(out_dir) / "metrics.jsonl"
+        self._tb = None
+        self._file = None
+        if not enabled:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.path, "a", buffering=1)  # noqa: SIM115 - open for the whole run
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(log_dir=str(Path(out_dir) / "tensorboard"))
+
+    def write(self, step: int, metrics: dict[str, float | int]) -> None:
+        if not self.enabled:
+            return
+        self._file.write(json.dumps({"step": step, **metrics}) + "\n")
+        if self._tb is not None:
+            for key, value in metrics.items():
+                if isinstance(value, int | float):
+                    self._tb.add_scalar(key, value, step)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            self._file = None
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    """All records of a ``metrics.jsonl`` (later records for a step replace earlier ones)."""
+    by_step: dict[int, dict] = {}
+    with open(path) as f:
+        for line in f:
+            if line.strip():
+                record = json.loads(line)
+                by_step[record["step"]] = record
+    return [by_step[s] for s in sorted(by_step)]

@@ -1,0 +1,9 @@
+"""Causal linear attention with per-head scalar decay on packed variable-length streams.
+
+``naive``: token recurrence and quadratic references. ``torch_chunk``: the chunked torch backend.
+"""
+
+from kernels.linear_attn.naive import naive_linear_attn, naive_recurrent_linear_attn
+from kernels.linear_attn.torch_chunk import torch_chunk_linear_attn
+
+__all__ = ["naive_linear_attn", "naive_recurrent_linear_attn", "torch_chunk_linear_attn"]

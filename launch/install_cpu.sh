@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Install HeteroSP for CPU work into ./.venv (idempotent): the CPU build of torch first, pinned
+# by constraints/cpu.txt so no later package can swap it for a multi-GB CUDA build; DeepSpeed
+# built against that torch; then HeteroSP itself with its test tools.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [[ ! -x .venv/bin/python ]]; then
+  "$PY" -m venv .venv
+fi
+PIP=(.venv/bin/python -m pip install --quiet --disable-pip-version-check -c constraints/cpu.txt)
+"${PIP[@]}" "torch==2.13.0" numpy setuptools wheel ninja
+# DeepSpeed ships as source only and imports torch while building: build it against the torch
+# above instead of letting pip fetch another one into an isolated build environment.
+"${PIP[@]}" --no-build-isolation "deepspeed==0.19.8"
+"${PIP[@]}" -e ".[dev,data]"
+.venv/bin/python -c "import torch, deepspeed, triton, pulp, highspy; print('installed: torch', torch.__version__, '| deepspeed', deepspeed.__version__, '| triton', triton.__version__, '| pulp', pulp.__version__)" 2>&1 | grep -v "real_accelerator"
