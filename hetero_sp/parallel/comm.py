@@ -1,0 +1,125 @@
+"""Communication accounting shared by the SP strategies and the planner's cost model.
+
+Each strategy has a pure function giving the bytes one rank sends and receives for one layer
+call, forward and backward separately; the strategies add the same numbers to a run-time
+counter as they communicate, and a test checks the two agree. The planner prices groups with
+these same functions, so there is one definition of every strategy's traffic.
+
+Conventions: ``tokens_per_rank`` is a rank's shard length (the group's padded stream / P);
+``elem_bytes`` the size of one element on the wire. A collective over P ranks counts, per rank,
+what leaves it and what arrives at it, excluding its own block (ring algorithms move the same).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import defaultdict
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class CommBytes:
+    """Bytes one rank sends and receives for one layer call."""
+
+    fwd_send: int
+    fwd_recv: int
+    bwd_send: int
+    bwd_recv: int
+
+    @property
+    def total(self) -> int:
+        return self.fwd_send + self.fwd_recv + self.bwd_send + self.bwd_recv
+
+
+def ulysses_bytes(
+    tokens_per_rank: int,
+    size: int,
+    num_heads: int,
+    num_kv_heads: int,
+    head_dim: int,
+    elem_bytes: int,
+) -> CommBytes:
+    """Ulysses all-to-all: q, k, v go sequence-sharded -> head-sharded, o comes back.
+
+    With fewer KV heads than ranks each KV head is replicated to ``size`` heads before the
+    exchange. Per rank, every tensor keeps 1/P of itself and swaps the rest; the backward moves
+    dO one way and dQ, dK, dV the other, the same volume.
+    """
+    if size == 1:
+        return CommBytes(0, 0, 0, 0)
+    kv_heads = max(num_kv_heads, size)
+    elems = tokens_per_rank * head_dim * (2 * num_heads + 2 * kv_heads)
+    moved = elems * (size - 1) // size * elem_bytes
+    return CommBytes(moved, moved, moved, moved)
+
+
+def allgather_kv_bytes(
+    tokens_per_rank: int, size: int, num_kv_heads: int, head_dim: int, elem_bytes: int
+) -> CommBytes:
+    """All-gather of K and V (forward); reduce-scatter of dK and dV (backward)."""
+    if size == 1:
+        return CommBytes(0, 0, 0, 0)
+    block = 2 * tokens_per_rank * num_kv_heads * head_dim * elem_bytes
+    moved = (size - 1) * block
+    return CommBytes(moved, moved, moved, moved)
+
+
+def state_bytes(num_heads: int, head_k: int, head_v: int, elem_bytes: int, pieces: int = 1) -> int:
+    """One rank's linear-attention summary: a K x V state per head and piece, plus its
+    cumulative log-decay per head and a continuation flag per piece (both fp32)."""
+    return pieces * (num_heads * head_k * head_v * elem_bytes + num_heads * 4 + 4)
+
+
+def lasp2_bytes(
+    size: int, num_heads: int, head_k: int, head_v: int, elem_bytes: int, pieces: int = 1
+) -> CommBytes:
+    """LASP-2: one all-gather of every rank's state summary; the backward gathers the gradient
+    summaries the same way. Independent of the sequence length."""
+    if size == 1:
+        return CommBytes(0, 0, 0, 0)
+    moved = (size - 1) * state_bytes(num_heads, head_k, head_v, elem_bytes, pieces)
+    return CommBytes(moved, moved, moved, moved)
+
+
+def zeco_bytes(
+    rank: int, size: int, num_heads: int, head_k: int, head_v: int, elem_bytes: int
+) -> CommBytes:
+    """ZeCO All-Scan: a rank receives one state from its predecessor and sends one to its
+    successor (the first rank receives nothing, the last sends nothing); the backward scan runs
+    the other way. Cumulative decays are not exchanged: each rank folds its own in."""
+    if size == 1:
+        return CommBytes(0, 0, 0, 0)
+    one = num_heads * head_k * head_v * elem_bytes
+    send = one if rank < size - 1 else 0
+    recv = one if rank > 0 else 0
+    return CommBytes(fwd_send=send, fwd_recv=recv, bwd_send=recv, bwd_recv=send)
+
+
+class CommCounter:
+    """Run-time byte counter, keyed by ``<strategy>/<fwd|bwd>_<send|recv>``. Thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._bytes: dict[str, int] = defaultdict(int)
+
+    def add(self, strategy: str, direction: str, send: int, recv: int) -> None:
+        with self._lock:
+            self._bytes[f"{strategy}/{direction}_send"] += int(send)
+            self._bytes[f"{strategy}/{direction}_recv"] += int(recv)
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._bytes)
+
+    def reset(self) -> None:
+        with self._lock:
+            self._bytes.clear()
+
+    def total(self) -> int:
+        with self._lock:
+            return sum(self._bytes.values())
+
+
+COMM = CommCounter()
+"""The process-wide counter the strategies add to; the engine reads and resets it every step
+(metrics ``comm/bytes``). It is the one piece of global state: it only observes traffic."""
