@@ -78,7 +78,7 @@ class Trainer:
         if self.is_main:
             try:
                 corpus = open_corpus(self.cfg.data)
-            except (ValueError, OSError) as err:
+            except Exception as err:  # re-raised below, once the other ranks know
                 failure = err
         flag = [None if failure is None else f"{type(failure).__name__}: {failure}"]
         dist.broadcast_object_list(flag, src=0)  # so no rank waits for a rank 0 that failed
