@@ -4,19 +4,22 @@ Each step takes ``tokens_per_step / 2**i`` chunks of one bucket D_i, so every st
 exactly ``tokens_per_step`` tokens in sequences of one length (Pouransari et al., arXiv
 2405.13226, "variable sequence length" training).
 
-Which bucket each step uses follows the paper's sampling odds. An epoch uses
-``B_i = chunks_i // (tokens_per_step / 2**i)`` batches of every bucket (the few chunks left over
-are reshuffled into the next epoch), split into ``cycles`` equal parts. Within a cycle, a step
-draws bucket i with probability ``o_i * R_i / sum_j o_j * R_j``, where ``R_i`` is the number of
-bucket-i batches the cycle has not used yet and ``o_i`` the odds, so every cycle uses all of its
-batches. ``uniform`` (all ``o_i = 1``) draws by the data's own length mix; ``grow_p2`` takes
-``o_i = 2**(max - i)`` (32:16:8:4:2:1 for six buckets), so short sequences come first and the
-long ones towards the end of each cycle; with 8 cycles the lengths grow 8 times over an epoch,
-as in the paper's best curriculum. User-given odds replace ``o_i``.
+Which bucket each step uses follows the paper's reference code (apple/ml-dataset-decomposition:
+``scripts/get_dd_params.py`` sets the mixing weights, its OpenLM patch draws with them). An epoch
+uses ``B_i = chunks_i // (tokens_per_step / 2**i)`` batches of every bucket (the few chunks left
+over are reshuffled into the next epoch), split into ``cycles`` equal parts (the reference's
+"epochs"). Within a cycle with ``b_i`` batches of bucket i, each step draws bucket i with
+probability ``o_i * b_i / sum_j o_j * b_j`` over the buckets that still have batches left in the
+cycle; a bucket that runs out drops out and the others renormalise, so every cycle uses all of
+its batches. ``uniform`` (all ``o_i = 1``) draws by the data's own length mix; ``grow_p2`` takes
+``o_i = 2**(max - i)`` (32:16:8:4:2:1 for six buckets), so short sequences dominate the start of
+a cycle and long ones its end; with 8 cycles (the paper's choice for Grow-P2) the lengths grow 8
+times over an epoch. User-given odds replace ``o_i``.
 
-Drawing items one by one with probability proportional to their odds, without replacement, is a
-weighted random permutation, so a cycle's order is the argsort of ``E / o`` with E ~ Exp(1)
-per batch (Efraimidis and Spirakis' keys), computed for the whole epoch at once.
+Constant probabilities over live buckets are the merge of independent Poisson processes, one per
+bucket with rate ``o_i * b_i``, each stopped after its ``b_i`` events: a cycle's order is the
+argsort of every bucket's cumulative Exp(1) / rate arrival times, computed for the whole epoch
+at once.
 """
 
 from __future__ import annotations
@@ -121,18 +124,22 @@ class DDSampler(EpochSampler):
         order = {i: c[self.rng(epoch, 1, i).permutation(len(c))] for i, c in self._chunks.items()}
         sched_bucket, sched_batch = [], []
         for cycle in range(self.cycles):
-            buckets, batches, odds = [], [], []
+            rng = self.rng(epoch, 2, cycle)
+            buckets, batches, times = [], [], []
             for i, total in self.batches_per_epoch.items():
                 first = total * cycle // self.cycles
-                last = total * (cycle + 1) // self.cycles
-                buckets.append(np.full(last - first, i, dtype=np.int64))
-                batches.append(np.arange(first, last, dtype=np.int64))
-                odds.append(np.full(last - first, self.odds[i - lo]))
-            b, k, o = np.concatenate(buckets), np.concatenate(batches), np.concatenate(odds)
-            keys = self.rng(epoch, 2, cycle).exponential(size=len(b)) / o
-            sequence = np.argsort(keys, kind="stable")
-            sched_bucket.append(b[sequence])
-            sched_batch.append(k[sequence])
+                count = total * (cycle + 1) // self.cycles - first
+                if count == 0:
+                    continue
+                rate = self.odds[i - lo] * count
+                buckets.append(np.full(count, i, dtype=np.int64))
+                batches.append(np.arange(first, first + count, dtype=np.int64))
+                times.append(np.cumsum(rng.exponential(size=count)) / rate)
+            if not times:
+                continue  # fewer batches than cycles: this cycle has none
+            sequence = np.argsort(np.concatenate(times), kind="stable")
+            sched_bucket.append(np.concatenate(buckets)[sequence])
+            sched_batch.append(np.concatenate(batches)[sequence])
         return np.concatenate(sched_bucket), np.concatenate(sched_batch), order
 
     def _refs(self, plan, position: int) -> list[tuple[Segment, ...]]:
