@@ -27,6 +27,9 @@ from hetero_sp.data.dataset import ShardedCorpus, load_dataset
 from hetero_sp.data.prepare import VERSION, prepare
 from hetero_sp.data.sources import TextSource
 from hetero_sp.data.tokenizer import load_tokenizer
+from hetero_sp.log import get_logger
+
+logger = get_logger(__name__)
 
 
 def stdlib_source_files() -> list[Path]:
@@ -70,6 +73,7 @@ def embedded_dataset(
     root = Path(cache_dir) if cache_dir is not None else cache_root()
     final = root / f"embedded-{digest}"
     if not (final / "manifest.json").is_file():
+        logger.info("preparing the embedded corpus (%d files) into %s, once", len(files), final)
         tmp = root / f"embedded-{digest}.tmp-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         prepare([TextSource(p) for p in files], tmp, tok, on_error="skip", progress=progress)
