@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from hetero_sp.model import PackedSeqs
 from hetero_sp.parallel import (
+    SPContext,
     UnsupportedGroupSize,
     causal_pairs,
     layout_kind_for,
@@ -20,6 +22,8 @@ from hetero_sp.parallel import (
 )
 from hetero_sp.parallel.comm import CommBytes, ulysses_bytes
 from hetero_sp.parallel.heads import check_ulysses_heads, ulysses_kv_of_q, ulysses_kv_ranges
+from hetero_sp.reference import pack_documents
+from tests.common import random_docs, tiny_model
 
 
 def test_ulysses_head_limits():
@@ -145,3 +149,12 @@ def test_strategies_register_whichever_package_is_imported_first():
         stdout, stderr = proc.communicate(timeout=120)
         assert proc.returncode == 0, stderr
         assert stdout.strip() == "['allgather_kv', 'ulysses']"
+
+
+def test_a_group_of_one_rank_runs_the_plain_path():
+    model = tiny_model("SS")
+    docs = random_docs([9, 1, 30])
+    inputs, _, lengths = pack_documents(docs)
+    alone = SPContext(None, 0, 1, make_layout(lengths, 1), softmax_strategy="allgather_kv")
+    got = model(inputs, PackedSeqs.for_rank(alone))
+    assert torch.equal(got, model(inputs, PackedSeqs.from_lengths(lengths)))

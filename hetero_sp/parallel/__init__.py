@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from hetero_sp.parallel.context import SPContext
+from hetero_sp.parallel.groups import GroupPool, SPGroup, build_group_pool, pool_blocks
 from hetero_sp.parallel.heads import UnsupportedGroupSize, ulysses_supported
 from hetero_sp.parallel.sharding import (
     GroupLayout,
@@ -63,18 +64,22 @@ SOFTMAX_STRATEGIES.update(ulysses=ulysses_attention, allgather_kv=allgather_kv_a
 
 __all__ = [
     "GroupLayout",
+    "GroupPool",
     "LINEAR_STRATEGIES",
     "SOFTMAX_LAYOUTS",
     "SOFTMAX_STRATEGIES",
     "SPContext",
+    "SPGroup",
     "Segment",
     "UnsupportedGroupSize",
     "allgather_kv_attention",
+    "build_group_pool",
     "causal_pairs",
     "layout_kind_for",
     "linear_strategy",
     "make_layout",
     "padding_metrics",
+    "pool_blocks",
     "softmax_strategy",
     "ulysses_attention",
     "ulysses_supported",

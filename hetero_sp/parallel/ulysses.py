@@ -56,11 +56,11 @@ def _heads_to_ranks(
     ]
     mine = [(ranges[sp.rank][1] - ranges[sp.rank][0], x.shape[-1]) for x, ranges in parts]
     per_rank = sum(T * n * e for n, e in mine)
-    recv_PZ = all_to_all(send, send_splits, [per_rank] * sp.size, sp, STRATEGY, direction)
-    recv_PZ = recv_PZ.view(sp.size, per_rank)
+    recv = all_to_all(send, send_splits, [per_rank] * sp.size, sp, STRATEGY, direction)
+    recv_P = recv.view(sp.size, per_rank)  # row s: every part's heads of rank s's tokens
     out, offset = [], 0
     for n, e in mine:
-        out.append(recv_PZ[:, offset : offset + T * n * e].reshape(sp.size * T, n, e))
+        out.append(recv_P[:, offset : offset + T * n * e].reshape(sp.size * T, n, e))
         offset += T * n * e
     return out
 
