@@ -28,7 +28,11 @@ def _counted_call(rank, world_size, strategy, H, G, dtype):
     o = softmax_strategy(strategy)(q, k, v, PackedSeqs.for_rank(sp), backend="torch")
     after_forward = COMM.snapshot()
     o.sum().backward()
-    return T, after_forward, COMM.snapshot()
+    total = COMM.snapshot()
+    COMM.reset()
+    with torch.no_grad():  # inference builds no graph, moves the same forward bytes
+        same = torch.equal(softmax_strategy(strategy)(q, k, v, PackedSeqs.for_rank(sp)), o)
+    return T, after_forward, total, same, COMM.snapshot()
 
 
 @pytest.mark.parametrize(
@@ -45,7 +49,8 @@ def _counted_call(rank, world_size, strategy, H, G, dtype):
 def test_counter_equals_formula(strategy, P, H, G, dtype):
     results = run_ranks(_counted_call, P, strategy, H, G, dtype)
     elem = torch.tensor([], dtype=dtype).element_size()
-    for rank, (T, after_forward, total) in enumerate(results):
+    for rank, (T, after_forward, total, same, inference) in enumerate(results):
+        assert same and inference == after_forward
         if strategy == "ulysses":
             want = ulysses_bytes(T, P, H, G, E, elem, rank=rank)
         else:

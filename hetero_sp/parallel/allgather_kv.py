@@ -64,14 +64,16 @@ def allgather_kv_forward(
     *,
     backend: str,
     scale: float,
+    keep_graph: bool = True,
 ) -> tuple[torch.Tensor, _Saved]:
-    """Local output [T, H, E] and what the backward needs (the local attention's graph)."""
+    """Local output [T, H, E] and what the backward needs (the local attention's graph, built
+    only with ``keep_graph``)."""
     kv_N2GE = all_gather(torch.stack([k_TGE, v_TGE], dim=1), sp, STRATEGY, "fwd")
     rows_S, cu_k = key_rows(sp.layout, sp.rank)
     rows_S = rows_S.to(q_THE.device)
-    with torch.enable_grad():
-        q = q_THE.detach().requires_grad_()
-        kv = kv_N2GE.requires_grad_()
+    with torch.set_grad_enabled(keep_graph):
+        q = q_THE.detach().requires_grad_(keep_graph)
+        kv = kv_N2GE.requires_grad_(keep_graph)
         out_THE = varlen_softmax_attention(
             q,
             kv[:, 0].index_select(0, rows_S),
@@ -149,4 +151,8 @@ def allgather_kv_attention(
         )
     if scale is None:
         scale = q_THE.shape[-1] ** -0.5
+    if not (torch.is_grad_enabled() and any(t.requires_grad for t in (q_THE, k_TGE, v_TGE))):
+        return allgather_kv_forward(
+            q_THE, k_TGE, v_TGE, sp, backend=backend, scale=scale, keep_graph=False
+        )[0]
     return AllGatherKVAttention.apply(q_THE, k_TGE, v_TGE, sp, backend, scale)

@@ -118,8 +118,10 @@ def ulysses_forward(
     *,
     backend: str,
     scale: float,
+    keep_graph: bool = True,
 ) -> tuple[torch.Tensor, _Saved]:
-    """Local output [T, H, E] and what the backward needs (the local attention's graph)."""
+    """Local output [T, H, E] and what the backward needs (the local attention's graph, built
+    only with ``keep_graph``)."""
     H, G = q_THE.shape[1], k_TGE.shape[1]
     q_ranges = ulysses_q_ranges(H, G, sp.size)
     kv_ranges = ulysses_kv_ranges(H, G, sp.size)
@@ -130,8 +132,8 @@ def ulysses_forward(
     if order is not None:
         q_NhE, k_NgE, v_NgE = (x.index_select(0, order[1]) for x in (q_NhE, k_NgE, v_NgE))
     kv_of_q = ulysses_kv_of_q(H, G, sp.size, sp.rank)
-    with torch.enable_grad():
-        leaves = tuple(x.detach().requires_grad_() for x in (q_NhE, k_NgE, v_NgE))
+    with torch.set_grad_enabled(keep_graph):
+        leaves = tuple(x.detach().requires_grad_(keep_graph) for x in (q_NhE, k_NgE, v_NgE))
         q, k, v = leaves
         if kv_of_q is not None:
             index = torch.tensor(kv_of_q, device=k.device)
@@ -220,4 +222,8 @@ def ulysses_attention(
     check_ulysses_heads(q_THE.shape[1], k_TGE.shape[1], sp.size)
     if scale is None:
         scale = q_THE.shape[-1] ** -0.5
+    if not (torch.is_grad_enabled() and any(t.requires_grad for t in (q_THE, k_TGE, v_TGE))):
+        return ulysses_forward(
+            q_THE, k_TGE, v_TGE, sp, backend=backend, scale=scale, keep_graph=False
+        )[0]
     return UlyssesAttention.apply(q_THE, k_TGE, v_TGE, sp, backend, scale)
