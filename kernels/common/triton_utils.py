@@ -68,16 +68,20 @@ def head_dim_configs(
 
 
 def prune_wide_tiles(configs, named_args, **kwargs):
-    """Drop candidates whose BK/BV tile exceeds the (power-of-two rounded, >= 16) head dim:
-    they only compute masked zeros. Used as ``early_config_prune``."""
+    """Clamp every candidate's BK/BV tile to the head dim rounded up to a power of two (>= 16,
+    the smallest ``tl.dot`` operand) and drop the duplicates that leaves: wider tiles only
+    compute masked zeros. Used as ``early_config_prune``."""
     args = {**named_args, **kwargs}
-    limit = {"BK": args.get("K"), "BV": args.get("V")}
-    kept = [
-        c
-        for c in configs
-        if all(
-            dim is None or c.kwargs.get(name, 0) <= max(16, triton.next_power_of_2(dim))
-            for name, dim in limit.items()
-        )
-    ]
-    return kept or configs[:1]
+    caps = {
+        name: max(16, triton.next_power_of_2(args[dim]))
+        for name, dim in (("BK", "K"), ("BV", "V"))
+        if args.get(dim) is not None
+    }
+    kept, seen = [], set()
+    for c in configs:
+        blocks = {n: min(b, caps[n]) if n in caps else b for n, b in c.kwargs.items()}
+        key = (tuple(sorted(blocks.items())), c.num_warps, c.num_stages)
+        if key not in seen:
+            seen.add(key)
+            kept.append(triton.Config(blocks, num_warps=c.num_warps, num_stages=c.num_stages))
+    return kept

@@ -105,7 +105,7 @@ def chunk_linear_attn_bwd_kernel_dh(
 
 @triton.autotune(
     configs=head_dim_configs(
-        [{"BK": 64, "BV": 64}, {"BK": 64, "BV": 32}, {"BK": 128, "BV": 64}], (4, 8), (2, 3)
+        [{"BK": 64, "BV": 64}, {"BK": 64, "BV": 32}, {"BK": 128, "BV": 64}], (4, 8), (2,)
     ),
     key=["K", "V"],
     prune_configs_by={"early_config_prune": prune_wide_tiles},

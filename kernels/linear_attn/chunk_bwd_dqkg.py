@@ -21,7 +21,7 @@ from kernels.common.triton_utils import (
 
 
 @triton.autotune(
-    configs=head_dim_configs([{"BV": 64}, {"BV": 32}], (4, 8), (2, 3)),
+    configs=head_dim_configs([{"BV": 64}, {"BV": 32}], (4, 8), (2,)),
     key=["K", "V"],
     prune_configs_by={"early_config_prune": prune_wide_tiles},
 )
