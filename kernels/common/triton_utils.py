@@ -70,8 +70,13 @@ def head_dim_configs(
 def prune_wide_tiles(configs, named_args, **kwargs):
     """Clamp every candidate's BK/BV tile to the head dim rounded up to a power of two (>= 16,
     the smallest ``tl.dot`` operand) and drop the duplicates that leaves: wider tiles only
-    compute masked zeros. Used as ``early_config_prune``."""
+    compute masked zeros. fp32 inputs (exact ieee dots, the checking path) keep only the first
+    candidate: tuning them would compile a dozen register-heavy variants for no use.
+    Used as ``early_config_prune``."""
     args = {**named_args, **kwargs}
+    first = args.get("q", args.get("k"))
+    if getattr(first, "dtype", None) == torch.float32:
+        configs = configs[:1]
     caps = {
         name: max(16, triton.next_power_of_2(args[dim]))
         for name, dim in (("BK", "K"), ("BV", "V"))
