@@ -135,7 +135,7 @@ def compare(name, got, ref, metric, tol, checks):
 
 def compile_count(kernel) -> int | None:
     """Compiled variants held by a (possibly autotuned) Triton kernel; None if unreadable."""
-    fn = getattr(kernel, "fn", kernel)
+    fn = kernel if hasattr(kernel, "device_caches") else getattr(kernel, "fn", None)
     caches = getattr(fn, "device_caches", None)
     if caches is None:
         return None
@@ -179,15 +179,13 @@ def run_checks(device, dry_run: bool) -> list[dict]:
         compare(f"bf16 vs torch fp32, {lengths}, K=V={dim}", got, ref, "rms-rel", 2e-2, checks)
         fla = load_fla()
         if fla is not None:
-            got_fla = run_op(fla, inp16, torch.bfloat16, device)
-            compare(
-                "bf16 vs fla chunk_simple_gla bf16 (same inputs)",
-                got,
-                got_fla,
-                "rms-rel",
-                2e-2,
-                checks,
-            )
+            try:
+                got_fla = run_op(fla, inp16, torch.bfloat16, device)
+            except Exception as exc:  # fla refuses some torch / triton versions at run time
+                print(f"  SKIP  bf16 vs fla: fla failed: {type(exc).__name__}: {str(exc)[:160]}")
+            else:
+                name = "bf16 vs fla chunk_simple_gla bf16 (same inputs)"
+                compare(name, got, got_fla, "rms-rel", 2e-2, checks)
     # Addresses beyond 2^31 elements: one document longer than 2^31 / (H K) tokens, decay
     # strong enough (g <= -1) that the last tokens forget everything 256 tokens back, so the
     # kernels' results there must equal a run on the tail alone (outputs and all gradients).
@@ -317,6 +315,11 @@ def run_timings(device, tokens: list[int], H: int, D: int, dtype, reps: int = 5)
                 except torch.cuda.OutOfMemoryError:
                     row[impl] = {"skipped": "out of memory"}
                     torch.cuda.empty_cache()
+                    continue
+                except Exception as exc:
+                    if impl == "triton":
+                        raise
+                    row[impl] = {"skipped": f"error: {type(exc).__name__}: {str(exc)[:120]}"}
                     continue
                 if impl == "torch":
                     last_torch = (T, ms)

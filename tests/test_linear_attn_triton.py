@@ -197,8 +197,10 @@ def test_llll_model_matches_torch_backend(decay):
         results[backend] = (logits.detach().cpu(), grads)
     logits, grads = results["triton"]
     logits_ref, grads_ref = results["torch"]
-    # Same fp32 model, two attention implementations: rounding differences only.
+    # Same fp32 model, two attention implementations: rounding differences only. Parameter
+    # gradients pass back through four layers and their norms: on an H200 embed.weight came
+    # out at 2.0e-5 of its scale (1e-6 on CPU), so they are checked at 1e-4.
     assert_rel_close(logits, logits_ref, RTOL, "logits")
     assert set(grads) == set(grads_ref)
     for name, ref in grads_ref.items():
-        assert_rel_close(grads[name], ref, RTOL, name)
+        assert_rel_close(grads[name], ref, 1e-4, name)

@@ -164,7 +164,8 @@ def document_log_decay(
     g_TH: torch.Tensor | None, cu_seqlens: torch.Tensor | list[int]
 ) -> torch.Tensor | None:
     """Each document's total log-decay over its tokens, fp32 [N, H] (0 for an empty document):
-    the factor exp(.) by which a state entering the document is decayed when it leaves."""
+    the factor exp(.) by which a state entering the document is decayed when it leaves. None
+    when there is no decay (``g_TH is None``)."""
     if g_TH is None:
         return None
     return segment_sum(g_TH.float(), as_list(cu_seqlens))
