@@ -157,6 +157,8 @@ def broadcast_share(group=None, src: int = 0) -> Callable[[Plan | BaseException 
         dist.broadcast_object_list(box, src=src, group=group)
         kind, payload = box[0]
         if kind == "error":
+            if isinstance(plan, BaseException):
+                raise plan  # the solving rank: its own error, unchanged
             raise RuntimeError(f"the planner failed on rank {src}: {payload}")
         return Plan.from_json(payload)
 

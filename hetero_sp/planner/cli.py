@@ -138,6 +138,7 @@ def _profile(args: argparse.Namespace) -> int:
             notes={
                 "command": " ".join(sys.argv),
                 "threads": str(torch.get_num_threads()),
+                "load_average_1_5_15_min": " ".join(f"{x:.1f}" for x in os.getloadavg()),
                 "torch": torch.__version__,
             },
         )

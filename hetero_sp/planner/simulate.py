@@ -21,7 +21,8 @@ from hetero_sp.planner.solve import lower_bound, split_micro_batches
 
 @dataclass(frozen=True)
 class LengthDistribution:
-    """Lognormal body, log-uniform tail: most documents short, a few up to ``tail_max``."""
+    """A lognormal body plus a ``tail_share`` of documents log-uniform in [tail_min, tail_max]:
+    most documents short, a few very long."""
 
     name: str
     body_median: float
@@ -47,7 +48,7 @@ def sample_lengths(
     documents to the longest context the cluster can train)."""
     body = np.exp(rng.normal(np.log(dist.body_median), dist.body_sigma, num))
     tail = np.exp(rng.uniform(np.log(dist.tail_min), np.log(dist.tail_max), num))
-    lengths = np.where(rng.random(num) < dist.tail_share, tail, np.minimum(body, dist.tail_min))
+    lengths = np.where(rng.random(num) < dist.tail_share, tail, body)
     cap = dist.tail_max if max_len is None else min(dist.tail_max, max_len)
     return [int(x) for x in np.clip(lengths, 16, cap)]
 
