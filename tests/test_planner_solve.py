@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from hetero_sp.planner import PlannerOptions, plan_batch, validate_plan
 from hetero_sp.planner.cost import CostModel
 from hetero_sp.planner.simulate import homogeneous_plan
-from hetero_sp.planner.solve import lower_bound, split_micro_batches
+from hetero_sp.planner.solve import split_micro_batches
 from tests.planner_common import brute_force, synthetic_cost, synthetic_profile
 
 # Exact settings: one MILP slot per possible group (no aggregated classes), one bucket per
@@ -115,7 +115,7 @@ def test_random_batches_always_get_valid_plans(
         for g in mb.groups:
             if g.sequences and g.size > 1 and g.softmax_strategy == "ulysses":
                 assert cost.model.num_heads % g.size == 0
-    assert plan.predicted_step_s >= lower_bound(np.array(lengths), cost) * (1 - 1e-9)
+    assert plan.predicted_step_s >= cost.lower_bound(lengths) * (1 - 1e-9)
 
 
 def _without_timings(plan) -> dict:

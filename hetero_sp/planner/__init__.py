@@ -24,7 +24,7 @@ _EXPORTS = {
     "load_profile": "profile",
     "save_profile": "profile",
     "Planner": "solve",
-    "PlannerOptions": "solve",
+    "PlannerOptions": "options",
     "plan_batch": "solve",
     "Link": "topology",
     "Topology": "topology",

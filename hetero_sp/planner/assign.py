@@ -187,10 +187,15 @@ def realize(
     for k in reversed(range(len(buckets.values))):
         for i in sorted(buckets.members[k], key=lambda i: (-lengths[i], i)):
             want = [g for g in range(len(explicit)) if quota[g][k] > 0]
-            if want:
-                g = min(want, key=lambda g: (pack.loads()[g], g))
+            room = [g for g in want if pack.tokens[g] + lengths[i] <= pack.cap[g]]
+            if room:  # the MILP counted mean lengths: a group may lack room for this one
+                g = min(room, key=lambda g: (pack.loads()[g], g))
                 quota[g][k] -= 1
                 pack.add(i, g)
+                continue
+            if want:
+                quota[want[0]][k] -= 1
+                homeless.append(i)
                 continue
             c = next((c for c, (_, counts) in enumerate(classes) if counts[k] > 0), None)
             if c is None:

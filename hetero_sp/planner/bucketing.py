@@ -1,9 +1,11 @@
 """Group a batch's sequence lengths into a few buckets for the MILP, by dynamic programming.
 
-Every sequence of a bucket is priced at the bucket's longest length (so memory limits hold for
-all of them); the rounding adds tokens. The DP picks the bucket borders among the sorted
-distinct lengths that minimise the total added tokens, ``sum(bucket_max - length)``, exactly.
-FlexSP reports <= 2.3% token error for DP bucketing against up to 22% with fixed bins.
+A bucket's width is measured as the tokens its sequences lack to its longest one,
+``sum(bucket_max - length)`` (the "token error" of rounding every sequence up); the DP picks
+the bucket borders among the sorted distinct lengths that minimise it, exactly. FlexSP reports
+<= 2.3% token error for DP bucketing against up to 22% with fixed bins. (The MILP then prices a
+bucket's sequences at their mean length and admits a bucket to a group size only when its
+longest sequence fits.)
 """
 
 from __future__ import annotations

@@ -24,6 +24,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 from hetero_sp.config import ModelConfig
 from hetero_sp.parallel.comm import (
     allgather_kv_bytes,
@@ -291,3 +293,15 @@ class CostModel:
     def min_size(self, tokens: int) -> int | None:
         """Smallest allowed group size that can hold a stream of ``tokens`` tokens."""
         return next((d for d in self.sizes if self.groups[d].max_tokens >= tokens), None)
+
+    def lower_bound(self, lengths: Sequence[int]) -> float:
+        """max(sum over sequences of the fewest GPU-seconds any group size gives it / GPUs,
+        the longest time any one sequence needs on its best group): no plan is faster."""
+        s = np.asarray(lengths, dtype=float)
+        work = np.full(len(s), np.inf)
+        single = np.full(len(s), np.inf)
+        for g in self.groups.values():
+            t = np.where(s <= g.max_tokens, g.per_token2_s * s * s + g.per_token_s * s, np.inf)
+            work = np.minimum(work, g.size * t)
+            single = np.minimum(single, g.fixed_s + t)
+        return float(max(work.sum() / self.topology.num_gpus, single.max()))

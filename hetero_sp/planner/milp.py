@@ -33,7 +33,9 @@ class MilpInput:
     max_tokens: tuple[int, ...]
     """Per size: stream tokens a group can hold."""
     values: tuple[int, ...]
-    """Per bucket: its length in tokens."""
+    """Per bucket: its longest sequence (whether one sequence fits a group's memory)."""
+    tokens: tuple[int, ...]
+    """Per bucket: its mean length, the tokens one of its sequences adds to a group's stream."""
     counts: tuple[int, ...]
     """Per bucket: sequences in it."""
     times: np.ndarray
@@ -116,7 +118,7 @@ def solve_milp(
     solver: str = "auto",
 ) -> MilpResult | None:
     """Solve; None when the model is infeasible (or no solution was found in time)."""
-    n, sizes, values, counts = inp.num_gpus, inp.sizes, inp.values, inp.counts
+    n, sizes, values, counts, tokens = inp.num_gpus, inp.sizes, inp.values, inp.counts, inp.tokens
     nk, ub = len(values), upper_bound * (1 + 1e-6)  # slack for float sums of the same loads
     prob = pulp.LpProblem("heterosp", pulp.LpMinimize)
     ok = [
@@ -143,7 +145,7 @@ def solve_milp(
     for j, d in enumerate(sizes):
         cap, fix = inp.max_tokens[j], float(inp.fixed_s[j])
         t = {k: float(inp.times[k, j]) for k in range(nk) if ok[k][j]}
-        most = {k: min(counts[k], cap // values[k]) for k in t}
+        most = {k: min(counts[k], cap // tokens[k]) for k in t}
         possible = n // d
         if possible <= explicit_slots:
             slots[j], prev = [], None
@@ -155,7 +157,7 @@ def solve_milp(
                 for k in t:
                     _le(prob, [(x[k], 1.0), (used, -float(most[k]))])
                     placed[k].append((x[k], 1.0))
-                _le(prob, [(x[k], float(values[k])) for k in t] + [(used, -float(cap))])
+                _le(prob, [(x[k], float(tokens[k])) for k in t] + [(used, -float(cap))])
                 if prev is not None:  # symmetry: used slots first, heaviest first
                     _le(prob, [(used, 1.0), (prev[0], -1.0)])
                     _le(prob, load + [(v, -c) for v, c in prev[1]])
@@ -176,7 +178,7 @@ def solve_milp(
             _le(prob, [(w[b], 1.0), (z[b], -ub)])
         load = [(y[k], t[k]) for k in t] + [(v, c * fix) for v, c in count]
         _le(prob, load + [(w[b], -float(1 << b)) for b in range(bits)])
-        _le(prob, [(y[k], float(values[k])) for k in t] + [(v, -c * cap) for v, c in count])
+        _le(prob, [(y[k], float(tokens[k])) for k in t] + [(v, -c * cap) for v, c in count])
         for k in t:
             _le(prob, [(y[k], 1.0), (on[k], -float(counts[k]))])
             _le(prob, [(on[k], t[k] + fix)] + neg_c)
@@ -184,7 +186,7 @@ def solve_milp(
         for m in (1, 2, 3):
             for big in (
                 [k for k in t if (m + 1) * t[k] + fix > ub],
-                [k for k in t if (m + 1) * values[k] > cap],
+                [k for k in t if (m + 1) * tokens[k] > cap],
             ):
                 if big:
                     _le(prob, [(y[k], 1.0) for k in big] + [(v, -m * c) for v, c in count])

@@ -53,7 +53,7 @@ class SolverStats:
     """highs, cbc, or homogeneous when the warm-start plan was kept."""
     status: str
     objective_s: float | None
-    """The MILP's makespan over bucketed lengths."""
+    """The MILP's makespan, sequences priced at their bucket's mean length."""
     bound_s: float | None
     """The solver's proven lower bound on that objective; None when the solver gives none."""
     gap: float | None
@@ -61,7 +61,8 @@ class SolverStats:
     """Wall time of bucketing, MILP and assignment for this micro-batch."""
     num_buckets: int
     token_error: float
-    """Tokens added by bucketing / tokens of the micro-batch."""
+    """Bucket width: tokens that rounding every sequence up to its bucket's longest would add,
+    over the micro-batch's tokens."""
     note: str = ""
 
 

@@ -16,7 +16,7 @@ import numpy as np
 from hetero_sp.planner import assign
 from hetero_sp.planner.cost import CostModel
 from hetero_sp.planner.plan import MicroBatchPlan, Plan, SolverStats, validate_plan
-from hetero_sp.planner.solve import lower_bound, split_micro_batches
+from hetero_sp.planner.solve import split_micro_batches
 
 
 @dataclass(frozen=True)
@@ -79,7 +79,7 @@ def homogeneous_plan(
             MicroBatchPlan(
                 groups=assign.group_plans(pack, idx),
                 makespan_s=pack.makespan,
-                lower_bound_s=lower_bound(arr[idx], cost),
+                lower_bound_s=cost.lower_bound(arr[idx]),
                 solver=stats,
             )
         )
@@ -106,7 +106,7 @@ def homogeneous_times(lengths: Sequence[int], cost: CostModel) -> dict[int, floa
 def step_lower_bound(lengths: Sequence[int], cost: CostModel) -> float:
     """A bound no plan beats, however it splits micro-batches: total GPU-seconds at each
     sequence's cheapest group size / GPUs, or the slowest single sequence."""
-    return lower_bound(np.asarray(lengths), cost)
+    return cost.lower_bound(lengths)
 
 
 def milp_bound(plan: Plan) -> float:

@@ -11,63 +11,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
-from hetero_sp.planner import assign
-from hetero_sp.planner.bucketing import bucket_lengths
 from hetero_sp.planner.cost import CostModel
-from hetero_sp.planner.milp import SOLVERS, MilpInput, SlotCounts, solve_milp
-from hetero_sp.planner.plan import MicroBatchPlan, Plan, SolverStats, validate_plan
+from hetero_sp.planner.microbatch import plan_micro_batch
+from hetero_sp.planner.options import PlannerOptions
+from hetero_sp.planner.plan import Plan, validate_plan
 
-
-@dataclass(kw_only=True, frozen=True)
-class PlannerOptions:
-    """How hard the planner works on each step."""
-
-    num_buckets: int = 16
-    """Length buckets of the MILP (DP bucketing)."""
-    time_limit_s: float = 0.6
-    """MILP time per step, shared by its micro-batches (each gets the rest of the budget over
-    the micro-batches left, at least ``min_time_limit_s``); the best plan found by then is used."""
-    min_time_limit_s: float = 0.05
-    """Least MILP time a micro-batch gets."""
-    rel_gap: float = 0.005
-    """Relative MILP gap at which the solver stops early."""
-    explicit_slots: int = 8
-    """Group sizes with at most this many possible groups get one MILP slot per group."""
-    improve_rounds: int = 300
-    """Local-search moves after assignment (each move lowers the busiest group)."""
-    solver: str = "auto"
-    """auto (HiGHS when highspy is installed, else CBC), highs or cbc."""
-    threads: int = 1
-    """Solver threads (1 keeps the CPU free for the training step it overlaps)."""
-
-    def __post_init__(self) -> None:
-        if self.num_buckets < 1:
-            raise ValueError(f"num_buckets must be >= 1, got {self.num_buckets}")
-        if not 0 < self.min_time_limit_s <= self.time_limit_s:
-            raise ValueError("need 0 < min_time_limit_s <= time_limit_s")
-        if not 0 <= self.rel_gap < 1:
-            raise ValueError(f"rel_gap must be in [0, 1), got {self.rel_gap}")
-        if self.explicit_slots < 0 or self.improve_rounds < 0 or self.threads < 1:
-            raise ValueError("explicit_slots and improve_rounds must be >= 0, threads >= 1")
-        if self.solver not in SOLVERS:
-            raise ValueError(f"solver {self.solver!r} is unknown; allowed: {', '.join(SOLVERS)}")
-
-
-def lower_bound(lengths: np.ndarray, cost: CostModel) -> float:
-    """max(sum over sequences of the fewest GPU-seconds any group size gives it / GPUs,
-    the longest time any one sequence needs on its best group)."""
-    s = np.asarray(lengths, dtype=float)
-    work = np.full(len(s), np.inf)
-    single = np.full(len(s), np.inf)
-    for g in cost.groups.values():
-        t = np.where(s <= g.max_tokens, g.per_token2_s * s * s + g.per_token_s * s, np.inf)
-        work = np.minimum(work, g.size * t)
-        single = np.minimum(single, g.fixed_s + t)
-    return float(max(work.sum() / cost.topology.num_gpus, single.max()))
+__all__ = ["Planner", "PlannerOptions", "plan_batch", "split_micro_batches"]
 
 
 def _fits(lengths: np.ndarray, cost: CostModel, sizes: Sequence[int]) -> bool:
@@ -127,118 +79,6 @@ def _greedy(values: np.ndarray, cap: int) -> list[tuple[int, int]]:
         out.append((start, end))
         start = end
     return out
-
-
-def plan_micro_batch(
-    lengths: np.ndarray,
-    index: Sequence[int],
-    cost: CostModel,
-    options: PlannerOptions,
-    time_limit_s: float | None = None,
-) -> MicroBatchPlan:
-    """Plan one micro-batch (``lengths`` are its sequences, ``index`` their batch indices)."""
-    start = time.perf_counter()
-    lb = lower_bound(lengths, cost)
-    buckets = bucket_lengths(lengths, options.num_buckets)
-    rounded = np.empty(len(lengths), dtype=np.int64)
-    for value, members in zip(buckets.values, buckets.members):
-        rounded[list(members)] = value
-    # Warm start and upper bound: the best homogeneous layout over bucket lengths (plain LPT).
-    warm, upper = None, np.inf
-    for d in cost.sizes:
-        pack = assign.homogeneous(rounded, cost, d, improve_rounds=0)
-        if pack is not None and pack.makespan < upper:
-            warm, upper = pack, pack.makespan
-    best, note = None, ""
-    if warm is not None:
-        d = warm.sizes[0]
-        best = assign.homogeneous(lengths, cost, d, options.improve_rounds)
-    stats = dict(solver="homogeneous", status="no MILP", objective_s=None, bound_s=None, gap=None)
-    if cost.topology.num_gpus > 1:
-        bucket_of = np.empty(len(lengths), dtype=np.int64)
-        for k, members in enumerate(buckets.members):
-            bucket_of[list(members)] = k
-        inp = MilpInput(
-            num_gpus=cost.topology.num_gpus,
-            sizes=cost.sizes,
-            fixed_s=tuple(cost.groups[d].fixed_s for d in cost.sizes),
-            max_tokens=tuple(cost.groups[d].max_tokens for d in cost.sizes),
-            values=buckets.values,
-            counts=buckets.counts,
-            times=np.array(
-                [[cost.groups[d].seq_time(v) for d in cost.sizes] for v in buckets.values]
-            ),
-        )
-        warm_groups = None
-        if warm is not None:
-            warm_groups = tuple(
-                SlotCounts(
-                    warm.sizes[g],
-                    tuple(
-                        int(np.sum(bucket_of[warm.where == g] == k))
-                        for k in range(len(buckets.values))
-                    ),
-                )
-                for g in range(len(warm.sizes))
-                if warm.count[g] > 0
-            )
-        ub = upper if warm is not None else _safe_upper(inp)
-        result = None
-        if best is not None and best.makespan <= lb * (1 + options.rel_gap):
-            note = "the homogeneous plan meets the lower bound; no MILP needed"
-        else:
-            result = solve_milp(
-                inp,
-                upper_bound=ub,
-                warm=warm_groups,
-                explicit_slots=options.explicit_slots,
-                time_limit_s=time_limit_s or options.time_limit_s,
-                rel_gap=options.rel_gap,
-                threads=options.threads,
-                solver=options.solver,
-            )
-            if result is None:
-                note = "the MILP found no solution in time; kept the homogeneous plan"
-        if result is not None:
-            stats = dict(
-                solver=result.solver,
-                status=result.status,
-                objective_s=result.objective,
-                bound_s=result.bound,
-                gap=result.gap,
-            )
-            pack = assign.realize(lengths, cost, buckets, result, options.improve_rounds)
-            if pack is not None and (best is None or pack.makespan <= best.makespan):
-                best = pack
-            else:
-                note = "kept the homogeneous plan: the MILP's plan was not better once assigned"
-    if best is None:  # bucket rounding made the batch too tight: any true-length layout
-        packs = [assign.homogeneous(lengths, cost, d, options.improve_rounds) for d in cost.sizes]
-        best = min((p for p in packs if p is not None), key=lambda p: p.makespan, default=None)
-        note = note or "bucket rounding left no room; kept the best homogeneous plan"
-    if best is None:
-        raise ValueError(
-            "no plan fits this micro-batch in memory; this is a planner bug when "
-            "split_micro_batches accepted it"
-        )
-    groups = assign.group_plans(best, index)
-    return MicroBatchPlan(
-        groups=groups,
-        makespan_s=best.makespan,
-        lower_bound_s=lb,
-        solver=SolverStats(
-            **stats,
-            solve_s=time.perf_counter() - start,
-            num_buckets=len(buckets.values),
-            token_error=buckets.token_error,
-            note=note,
-        ),
-    )
-
-
-def _safe_upper(inp: MilpInput) -> float:
-    """A makespan no feasible solution exceeds: every sequence at its slowest, one group."""
-    return float(np.sum(np.max(inp.times, axis=1) * np.asarray(inp.counts))) + max(inp.fixed_s)
 
 
 def plan_batch(
