@@ -10,7 +10,7 @@ solved one step ahead (``PlanAhead``) while a fake step keeps the CPU busy.
 
 Writes benchmarks/results/planner.json and one Gantt chart, benchmarks/results/planner_gantt.png.
 
-    python benchmarks/planner.py                         # default: ~5 minutes on 2 busy cores
+    python benchmarks/planner.py                         # default: ~2 minutes on 2 busy cores
     python benchmarks/planner.py --gpus 64 --batches 20  # a bigger sweep
     python benchmarks/planner.py --layers SSSS           # a softmax-only model, same dims
 """
@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import platform
 import sys
 import time
@@ -159,7 +160,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--gpus", default="8,64,256", help="simulated GPU counts")
     parser.add_argument("--dists", default=",".join(DISTRIBUTIONS))
-    parser.add_argument("--batches", type=int, default=6, help="batches per configuration")
+    parser.add_argument("--batches", type=int, default=12, help="batches per configuration")
     parser.add_argument("--seqs", type=int, default=0, help="sequences per batch (0: by GPUs)")
     parser.add_argument("--time-limit", type=float, default=PlannerOptions().time_limit_s)
     parser.add_argument("--zero-stage", type=int, default=3)
@@ -168,6 +169,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--ahead-steps", type=int, default=5)
     parser.add_argument("--out", default=str(RESULTS / "planner.json"))
+    parser.add_argument("--gantt", default=str(RESULTS / "planner_gantt.png"), help="'' for none")
     args = parser.parse_args()
 
     profile = h100_estimate()
@@ -176,7 +178,9 @@ def main() -> int:
         layers = (args.layers * len(model.layers))[: len(model.layers)]
         model = dataclasses.replace(model, layers=layers)
     results, gantt_plan = [], None
+    load_start = os.getloadavg()
     print(f"model {model.layers} (dim {model.dim}); profile: {profile.label}")
+    print(f"machine: {os.cpu_count()} cores, load average {load_start[0]:.1f} at the start")
     header = (
         f"{'gpus':>4} {'dist':>12} {'seqs':>5} {'mb':>4} {'static':>9} {'d':>3} {'homog':>9} "
         f"{'hetero':>9} {'x static':>8} {'x homog':>7} {'/LB':>6} {'/splitLB':>8} {'/MILPb':>6} "
@@ -187,7 +191,7 @@ def main() -> int:
         for dist in args.dists.split(","):
             s, plan, cost = run_config(num_gpus, dist, args, profile, model)
             results.append(s)
-            if num_gpus == 64 and dist == "code" or gantt_plan is None:
+            if num_gpus == 64 and dist == "web" or gantt_plan is None:
                 gantt_plan = (plan, cost, f"HeteroSP plan: {dist} batch on {num_gpus} GPUs")
             print(
                 f"{num_gpus:>4} {dist:>12} {s['seqs']:>5} {s['micro_batches']:>4.1f} "
@@ -199,7 +203,7 @@ def main() -> int:
                 flush=True,
             )
     plan, cost, title = gantt_plan
-    gantt = draw_gantt(plan, cost, RESULTS / "planner_gantt.png", title)
+    gantt = draw_gantt(plan, cost, args.gantt, title) if args.gantt else None
     ahead_cost = CostModel(profile, profile.topology(64), zero_stage=args.zero_stage, model=model)
     ahead = measure_run_ahead(ahead_cost, "code", 512, args.ahead_steps, 2.0, args.seed)
     print(
@@ -208,18 +212,21 @@ def main() -> int:
         f"{ahead['step_with_planner_s']:.3f} s; get() waited p50 {ahead['wait_p50_s'] * 1e3:.1f} ms, "
         f"max {ahead['wait_max_s'] * 1e3:.1f} ms; solve p50 {ahead['solve_p50_s']:.2f} s"
     )
+    load_end = os.getloadavg()
+    print(f"load average {load_end[0]:.1f} at the end (1-minute; the machine is shared)")
     out = dict(
-        machine=f"{platform.machine()} {platform.processor() or ''}, {__import__('os').cpu_count()} cores",
+        machine=f"{platform.machine()}, {os.cpu_count()} cores",
+        load_average_1min=dict(start=load_start[0], end=load_end[0]),
         profile=profile.label,
         model_layers=model.layers,
         args=vars(args),
         configs=results,
         run_ahead=ahead,
-        gantt=str(gantt.relative_to(RESULTS.parent.parent)),
+        gantt=str(gantt) if gantt else None,
     )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
-    print(f"wrote {args.out} and {gantt}")
+    print(f"wrote {args.out}" + (f" and {gantt}" if gantt else ""))
     return 0
 
 

@@ -136,7 +136,7 @@ def _profile(args: argparse.Namespace) -> int:
             gpus_per_node=args.gpus_per_node or local,
             gpu_memory_bytes=memory,
             notes={
-                "command": " ".join(sys.argv),
+                "command": f"{world} rank(s): hetero-sp " + " ".join(sys.argv[1:]),
                 "threads": str(torch.get_num_threads()),
                 "load_average_1_5_15_min": " ".join(f"{x:.1f}" for x in os.getloadavg()),
                 "torch": torch.__version__,

@@ -91,7 +91,11 @@ def _expr(terms: list) -> pulp.LpAffineExpression:
 
 
 def make_solver(name: str, time_limit_s: float, rel_gap: float, threads: int):
-    """The pulp solver object; ``auto`` is HiGHS when highspy is importable, else CBC."""
+    """The pulp solver object; ``auto`` is HiGHS when highspy is importable, else CBC.
+
+    pulp 3.3 calls the in-process highspy solver ``HiGHS`` (used here) and the one that runs a
+    ``highs`` executable ``HiGHS_CMD`` (not used: no binary is installed); CBC is the binary
+    bundled with pulp, ``PULP_CBC_CMD``."""
     if name not in SOLVERS:
         raise ValueError(f"solver {name!r} is unknown; allowed: {', '.join(SOLVERS)}")
     highs_ok = pulp.HiGHS().available()

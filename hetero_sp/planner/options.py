@@ -1,4 +1,4 @@
-"""How hard the planner works on each step."""
+"""The planner's knobs: buckets, time budget, MILP shape, solver."""
 
 from __future__ import annotations
 
@@ -13,9 +13,10 @@ class PlannerOptions:
 
     num_buckets: int = 16
     """Length buckets of the MILP (DP bucketing)."""
-    time_limit_s: float = 0.6
-    """MILP time per step, shared by its micro-batches (each gets the rest of the budget over
-    the micro-batches left, at least ``min_time_limit_s``); the best plan found by then is used."""
+    time_limit_s: float = 0.5
+    """Planning time per step (wall clock), shared by its micro-batches: each gets what is left
+    over the micro-batches left, and its MILP at least ``min_time_limit_s``; the best plan found
+    by then is used."""
     min_time_limit_s: float = 0.05
     """Least MILP time a micro-batch gets."""
     rel_gap: float = 0.005

@@ -35,7 +35,10 @@ class GroupPlan:
     sequences: tuple[int, ...]
     """Indices into the step's batch, in stream order; empty for an idle group."""
     softmax_strategy: str
+    """ulysses or allgather_kv for the S layers (a group of one rank runs the plain path and
+    ignores both names)."""
     linear_strategy: str
+    """lasp2 or zeco for the L layers."""
     tokens: int
     """Tokens of the group's stream (before padding)."""
     predicted_s: float

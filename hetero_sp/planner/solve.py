@@ -1,10 +1,9 @@
 """The planner: sequence lengths -> a validated :class:`Plan`, for one cost model.
 
 Per step: check every sequence fits some group; split the batch into the fewest micro-batches
-that fit in memory (sorted by length, consecutive, balanced by tokens); per micro-batch bucket
-the lengths (DP), build the best homogeneous plan (one group size for all) as warm start and
-fallback, solve the MILP under a time limit, turn its bucket counts into concrete groups, and
-keep whichever of the MILP's plan and the homogeneous one has the smaller predicted makespan.
+that fit in memory (sorted by length, consecutive, balanced by tokens); plan each micro-batch
+(:mod:`hetero_sp.planner.microbatch`: buckets, homogeneous warm start, MILP, assignment) within
+the step's time budget; validate the plan before returning it.
 """
 
 from __future__ import annotations
