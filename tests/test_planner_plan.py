@@ -194,6 +194,11 @@ def test_validation_catches_ulysses_beyond_the_head_limit():
     )
 
 
+def test_plan_for_another_world_is_refused(plan):
+    with pytest.raises(PlanError, match="the plan is for 4 ranks, the cluster has 8"):
+        validate_plan(plan, synthetic_cost(8, tokens_per_gpu=1000))
+
+
 def test_empty_plan_is_refused(plan):
     with pytest.raises(PlanError, match="at least one micro-batch"):
         validate_plan(dataclasses.replace(plan, micro_batches=()))

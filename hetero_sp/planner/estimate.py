@@ -78,7 +78,7 @@ def h100_estimate() -> Profile:
         f"{IB_EFFICIENCY} assumed for many-node all-to-all (FlexSP measured 5-10 GB/s on its "
         "A100 cluster); 30 us latency assumed",
         "memory": "80 GiB HBM3 per H100 SXM5; activation bytes per token from the formula in "
-        "hetero_sp/planner/cost.py (no activation checkpointing)",
+        "hetero_sp/planner/memory.py (no activation checkpointing)",
     }
     return Profile(
         label="h100x8-estimate: 7B-class LLLS hybrid, bf16, 8xH100 SXM5 nodes, NDR InfiniBand",

@@ -160,6 +160,8 @@ def validate_plan(plan: Plan, cost: CostModel | None = None) -> None:
         raise PlanError(f"world_size must be >= 1, got {world}")
     if not plan.micro_batches:
         raise PlanError("a plan needs at least one micro-batch")
+    if cost is not None and world != cost.topology.num_gpus:
+        raise PlanError(f"the plan is for {world} ranks, the cluster has {cost.topology.num_gpus}")
     seen: dict[int, int] = {}
     for m, mb in enumerate(plan.micro_batches):
         owner: dict[int, int] = {}

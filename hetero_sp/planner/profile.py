@@ -75,7 +75,7 @@ class Profile:
     inter_node: Link | None = None
     gpu_memory_bytes: float = 80e9
     activation_bytes_per_token: float | None = None
-    """Measured activation memory per local token; None uses the formula in cost.py."""
+    """Measured activation memory per local token; None uses the formula in memory.py."""
     notes: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
