@@ -22,7 +22,7 @@ from hetero_sp.data.batch import GlobalBatch
 from hetero_sp.engine.loss import IGNORE_INDEX
 from hetero_sp.model.packed import PackedSeqs
 from hetero_sp.parallel import GroupLayout, SPContext, make_layout
-from hetero_sp.parallel.allgather_kv import layout_kind_for
+from hetero_sp.parallel import layout_kind_for
 
 PAD_ID = 0
 
