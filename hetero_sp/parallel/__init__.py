@@ -32,6 +32,13 @@ def linear_strategy(name: str) -> Callable:
     return _lookup(LINEAR_STRATEGIES, "linear-attention", name)
 
 
+# Imported last: the strategies use the model's single-rank backends, and the model package
+# imports this one (for the registry lookups above).
+from hetero_sp.parallel.lasp2 import lasp2_linear_attention  # noqa: E402
+from hetero_sp.parallel.zeco import zeco_linear_attention  # noqa: E402
+
+LINEAR_STRATEGIES.update(lasp2=lasp2_linear_attention, zeco=zeco_linear_attention)
+
 __all__ = [
     "GroupLayout",
     "LINEAR_STRATEGIES",
