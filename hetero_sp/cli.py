@@ -2,6 +2,7 @@
 
     hetero-sp config [--config FILE] [section.key=value ...]   print the resolved config
     hetero-sp config --reference                                 every key with its meaning
+    hetero-sp prepare INPUT... --out DIR                         tokenize a corpus for training
 
 Training itself is launched with torchrun: ``torchrun ... -m hetero_sp.train --config FILE``.
 """
@@ -13,6 +14,7 @@ import dataclasses
 import sys
 
 from hetero_sp.config import SECTIONS, ConfigError, field_docs, load_config
+from hetero_sp.data.cli import add_prepare_parser
 
 
 def _toml_value(value) -> str:
@@ -72,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("overrides", nargs="*", help="section.key=value")
     p.set_defaults(func=_cmd_config)
+    add_prepare_parser(sub)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

@@ -18,6 +18,8 @@ from typing import Any
 
 import tomllib
 
+SAMPLERS = ("mixed", "dd", "concat_chunk")
+
 
 class ConfigError(ValueError):
     """A configuration value that cannot be used; the message names the key and the fix."""
@@ -117,18 +119,106 @@ class DataConfig:
     """Where training tokens come from and how a step's batch is drawn."""
 
     dataset: str = "embedded"
-    """embedded: the Python standard library's source files as documents (no download)."""
+    """embedded (the Python standard library's sources, prepared on first use) or a `hetero-sp prepare` folder."""
+    tokenizer: str = "byte"
+    """byte, or the path of a Hugging Face tokenizer.json; must be the one the dataset was prepared with."""
+    sampler: str = "mixed"
+    """Batches: mixed (many lengths per step), dd (one power-of-two length per step) or concat_chunk (baseline)."""
     tokens_per_step: int = 8192
     """Tokens in one global batch (all ranks together); constant across steps."""
     max_seq_len: int = 2048
-    """Longest document a batch holds; longer documents are cut at a random offset."""
+    """Longest sequence: the largest bucket (dd), document piece (mixed) or the fixed length (concat_chunk)."""
+    min_seq_len: int = 64
+    """Shortest dataset-decomposition bucket (dd, and mixed with mixed_source = chunks); a power of two."""
+    mixed_source: str = "documents"
+    """What mixed fills a step with: documents (cut at max_seq_len) or chunks (of every bucket)."""
+    curriculum: str = "uniform"
+    """dd bucket odds: uniform (the data's length mix), grow_p2 (short first: odds 2^(max-i)) or odds."""
+    curriculum_cycles: int = 1
+    """dd: times the curriculum restarts within one epoch (the paper's Grow-P2 uses 8)."""
+    curriculum_odds: tuple[float, ...] = ()
+    """dd with curriculum = odds: one positive odds value per bucket, shortest bucket first."""
     seed: int = 1234
     """Seed of the batch sampler; with the step it fixes every batch."""
 
     def __post_init__(self) -> None:
-        _choice(self.dataset, ("embedded",), "data", "dataset")
-        _require(self.tokens_per_step > 0, "data", "tokens_per_step", "must be positive")
-        _require(self.max_seq_len > 1, "data", "max_seq_len", "must be at least 2")
+        s = "data"
+        _require(self.dataset != "", s, "dataset", "give embedded or a prepared dataset folder")
+        _require(
+            self.tokenizer == "byte" or self.tokenizer.endswith(".json"),
+            s,
+            "tokenizer",
+            f"got {self.tokenizer!r}; use byte or the path of a tokenizer.json",
+        )
+        _choice(self.sampler, SAMPLERS, s, "sampler")
+        _choice(self.mixed_source, ("documents", "chunks"), s, "mixed_source")
+        _choice(self.curriculum, ("uniform", "grow_p2", "odds"), s, "curriculum")
+        _require(self.tokens_per_step > 0, s, "tokens_per_step", "must be positive")
+        _require(self.max_seq_len > 0, s, "max_seq_len", "must be positive")
+        _require(self.seed >= 0, s, "seed", f"must be >= 0, got {self.seed}")
+        _require(self.curriculum_cycles >= 1, s, "curriculum_cycles", "must be >= 1")
+        buckets = self.sampler == "dd" or (
+            self.sampler == "mixed" and self.mixed_source == "chunks"
+        )
+        if buckets:
+            for key in ("min_seq_len", "max_seq_len"):
+                v = getattr(self, key)
+                _require(
+                    v > 0 and v & (v - 1) == 0,
+                    s,
+                    key,
+                    f"the {self.sampler} sampler's buckets need a power of two, got {v}",
+                )
+            _require(
+                self.min_seq_len <= self.max_seq_len,
+                s,
+                "min_seq_len",
+                f"must not exceed max_seq_len={self.max_seq_len}, got {self.min_seq_len}",
+            )
+        if self.sampler in ("dd", "concat_chunk"):
+            _require(
+                self.tokens_per_step % self.max_seq_len == 0,
+                s,
+                "tokens_per_step",
+                f"{self.sampler} needs a multiple of max_seq_len={self.max_seq_len}, "
+                f"got {self.tokens_per_step}",
+            )
+        else:
+            _require(
+                self.tokens_per_step >= self.max_seq_len,
+                s,
+                "tokens_per_step",
+                f"must be >= max_seq_len={self.max_seq_len}, got {self.tokens_per_step}",
+            )
+        if self.sampler != "dd":
+            _require(
+                self.curriculum == "uniform",
+                s,
+                "curriculum",
+                "only the dd sampler has a curriculum; set data.sampler=dd or data.curriculum=uniform",
+            )
+            _require(
+                self.curriculum_cycles == 1,
+                s,
+                "curriculum_cycles",
+                "only the dd sampler has curriculum cycles; set data.sampler=dd or leave it at 1",
+            )
+        if self.curriculum == "odds":
+            num = self.max_seq_len.bit_length() - self.min_seq_len.bit_length() + 1
+            _require(
+                len(self.curriculum_odds) == num and all(o > 0 for o in self.curriculum_odds),
+                s,
+                "curriculum_odds",
+                f"needs {num} positive values (buckets {self.min_seq_len}..{self.max_seq_len}, "
+                f"shortest first), got {list(self.curriculum_odds)}",
+            )
+        else:
+            _require(
+                not self.curriculum_odds,
+                s,
+                "curriculum_odds",
+                "is only used with data.curriculum=odds; remove it or set the curriculum",
+            )
 
 
 @dataclass(kw_only=True, frozen=True)

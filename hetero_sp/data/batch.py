@@ -1,73 +1,67 @@
-"""A step's global batch, and the stop-gap sampler that draws it from a corpus.
+"""A step's global batch: every sequence's length and where its tokens are, read only on demand.
 
-A sequence is stored as ``L + 1`` token ids: the model reads the first L and predicts the last
-L, so targets never cross a document. Every rank draws the same global batch from
-(seed, step) and then takes its own share.
+A sequence of L training tokens reads ``L + 1`` token ids: the model takes the first L as
+inputs and predicts the last L. Its tokens are given as references, segments
+``(doc, start, stop)`` of stored tokens ``corpus.doc(doc)[start:stop]``, concatenated (one
+segment, except for the ``concat_chunk`` baseline whose sequences run across documents).
+Every rank derives the same batch from (seed, step) without reading a token, the planner sees
+``lengths``, and each rank then reads only the sequences it trains on
+(:meth:`GlobalBatch.materialize`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from hetero_sp.data.embedded import TokenCorpus
+from hetero_sp.data.corpus import Corpus, TokenCorpus
+
+Segment = tuple[int, int, int]
+"""(doc, start, stop): stored tokens ``[start, stop)`` of document ``doc``."""
 
 
 @dataclass(frozen=True)
 class GlobalBatch:
     step: int
-    sequences: tuple[np.ndarray, ...]
+    refs: tuple[tuple[Segment, ...], ...]
+    """Per sequence, the segments whose concatenation is its L + 1 token ids."""
+    corpus: Corpus = field(compare=False, repr=False)
+    """Where the referenced tokens are read from."""
+
+    def __post_init__(self) -> None:
+        lengths = tuple(sum(stop - start for _, start, stop in segs) - 1 for segs in self.refs)
+        if any(n < 1 for n in lengths):
+            raise ValueError(f"step {self.step}: every sequence needs at least 2 token ids")
+        object.__setattr__(self, "_lengths", lengths)
+
+    @classmethod
+    def from_arrays(cls, step: int, sequences: Sequence[np.ndarray]) -> GlobalBatch:
+        """A batch over sequences already in memory (each of L + 1 token ids)."""
+        corpus = TokenCorpus.from_docs([np.asarray(s) for s in sequences])
+        return cls(step, tuple(((i, 0, len(s)),) for i, s in enumerate(sequences)), corpus)
+
+    def __len__(self) -> int:
+        return len(self.refs)
 
     @property
     def lengths(self) -> list[int]:
-        """Training tokens per sequence (stored length - 1)."""
-        return [len(s) - 1 for s in self.sequences]
+        """Training tokens per sequence (token ids read - 1)."""
+        return list(self._lengths)
 
     @property
     def num_tokens(self) -> int:
-        return sum(self.lengths)
+        return sum(self._lengths)
 
+    def tokens(self, i: int) -> np.ndarray:
+        """The L + 1 token ids of sequence i as int64 (reads only this sequence)."""
+        parts = [self.corpus.doc(d)[start:stop] for d, start, stop in self.refs[i]]
+        return np.concatenate(parts).astype(np.int64)
 
-class RandomDocSampler:
-    """Draws random documents (a random window of at most ``max_seq_len`` tokens of the longer
-    ones) until the step holds exactly ``tokens_per_step`` training tokens."""
-
-    def __init__(
-        self, corpus: TokenCorpus, tokens_per_step: int, max_seq_len: int, seed: int
-    ) -> None:
-        self.corpus, self.tokens_per_step, self.max_seq_len, self.seed = (
-            corpus,
-            tokens_per_step,
-            max_seq_len,
-            seed,
-        )
-        self._lengths = corpus.lengths()
-        usable = self._lengths >= 2
-        if not usable.any():
-            raise ValueError("the corpus has no document of 2 or more tokens")
-        self._docs = np.flatnonzero(usable)
-
-    def batch(self, step: int) -> GlobalBatch:
-        rng = np.random.default_rng([self.seed, step])
-        left, seqs = self.tokens_per_step, []
-        while left > 0:
-            doc = int(rng.choice(self._docs))
-            n = int(self._lengths[doc]) - 1  # training tokens the whole document offers
-            take = min(n, self.max_seq_len, left)
-            start = int(rng.integers(0, n - take + 1))
-            seqs.append(self.corpus.doc(doc)[start : start + take + 1].astype(np.int64))
-            left -= take
-        return GlobalBatch(step=step, sequences=tuple(seqs))
-
-    def state_dict(self) -> dict:
-        return {"seed": self.seed}
-
-    def load_state_dict(self, state: dict) -> None:
-        if state.get("seed") != self.seed:
-            raise ValueError(
-                f"checkpoint sampler seed {state.get('seed')} differs from data.seed={self.seed}"
-            )
+    def materialize(self, indices: Iterable[int]) -> list[np.ndarray]:
+        """The token ids of the given sequences, in that order."""
+        return [self.tokens(i) for i in indices]
 
 
 def balance_over_ranks(lengths: list[int], world_size: int) -> list[list[int]]:

@@ -13,9 +13,10 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from hetero_sp.config import Config
-from hetero_sp.data.batch import GlobalBatch, RandomDocSampler, balance_over_ranks
-from hetero_sp.data.embedded import load_embedded_corpus
+from hetero_sp.config import Config, ConfigError
+from hetero_sp.data.batch import GlobalBatch, balance_over_ranks
+from hetero_sp.data.dataset import open_corpus
+from hetero_sp.data.samplers import build_sampler
 from hetero_sp.distributed import DistInfo
 from hetero_sp.engine import checkpoint as ckpt_io
 from hetero_sp.engine import deepspeed_engine
@@ -42,10 +43,10 @@ class Trainer:
         self.is_main = info.rank == 0
         torch.manual_seed(cfg.train.seed)
 
-        self.corpus = load_embedded_corpus()
-        self.sampler = RandomDocSampler(
-            self.corpus, cfg.data.tokens_per_step, cfg.data.max_seq_len, cfg.data.seed
-        )
+        self.corpus = self._open_corpus()
+        self.sampler = build_sampler(cfg.data, self.corpus)
+        if self.is_main:
+            logger.info("data: %s", json.dumps(self.sampler.describe()))
         model = HybridLM(cfg.model, cfg.parallel.linear_backend, cfg.parallel.softmax_backend)
         self.num_params = sum(p.numel() for p in model.parameters())
 
@@ -59,12 +60,41 @@ class Trainer:
             ckpt_io.load_optimizer_state(self.engine, resume)
             ckpt_io.restore_rng(resume)
             self.sampler.load_state_dict(resume.meta["sampler"])
+            if self.sampler.step != resume.step:
+                raise ckpt_io.CheckpointError(
+                    f"{resume.path}: sampler state is at step {self.sampler.step}, the checkpoint "
+                    f"at step {resume.step}"
+                )
             self.start_step = resume.step
             logger.info("resumed from %s at step %d", resume.path, resume.step)
         self.metrics = MetricsWriter(self.out_dir, enabled=self.is_main)
         if self.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             (self.out_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
+
+    def _open_corpus(self):
+        """Rank 0 opens (and on first use prepares) the dataset before the other ranks do."""
+        corpus, failure = None, None
+        if self.is_main:
+            try:
+                corpus = open_corpus(self.cfg.data)
+            except Exception as err:  # re-raised below, once the other ranks know
+                failure = err
+        flag = [None if failure is None else f"{type(failure).__name__}: {failure}"]
+        dist.broadcast_object_list(flag, src=0)  # so no rank waits for a rank 0 that failed
+        if failure is not None:
+            raise failure
+        if flag[0] is not None:
+            raise RuntimeError(f"rank 0 could not open the dataset: {flag[0]}")
+        if corpus is None:
+            corpus = open_corpus(self.cfg.data)
+        vocab = corpus.vocab_size
+        if vocab is not None and vocab > self.cfg.model.vocab_size:
+            raise ConfigError(
+                f"model.vocab_size: {self.cfg.model.vocab_size} is smaller than the dataset's "
+                f"vocabulary of {vocab} tokens; set model.vocab_size={vocab} or more"
+            )
+        return corpus
 
     def _find_checkpoint(self) -> ckpt_io.LoadedCheckpoint | None:
         """Rank 0 picks the newest good checkpoint; every rank then loads that one."""
@@ -78,20 +108,24 @@ class Trainer:
     def _check_compatible(self, ckpt: ckpt_io.LoadedCheckpoint) -> None:
         saved = ckpt.meta.get("config", {})
         for section in ("model", "data"):
-            if saved.get(section) != dataclasses.asdict(getattr(self.cfg, section)):
+            # Through JSON, as meta.json stored it (tuples become lists).
+            current = json.loads(json.dumps(dataclasses.asdict(getattr(self.cfg, section))))
+            if saved.get(section) != current:
                 raise ckpt_io.CheckpointError(
                     f"{ckpt.path} was written with another [{section}] config; use a new "
                     f"train.out_dir or train.resume=false to start over"
                 )
 
     def _batch_share(self, batch: GlobalBatch) -> list[np.ndarray]:
+        """This rank's sequences; only their tokens are read."""
         assignment = balance_over_ranks(batch.lengths, self.info.world_size)
-        return [batch.sequences[i] for i in assignment[self.info.rank]]
+        return batch.materialize(assignment[self.info.rank])
 
     def train_step(self, step: int) -> dict[str, float]:
         cfg, info = self.cfg, self.info
         t0 = time.perf_counter()
-        batch = self.sampler.batch(step)
+        batch = self.sampler.next_batch()
+        assert batch.step == step, f"sampler at step {batch.step}, training step {step}"
         inputs, labels, lengths = _pack(self._batch_share(batch), info.device)
         seqs = PackedSeqs.from_lengths(lengths, info.device)
 
@@ -115,7 +149,7 @@ class Trainer:
             "throughput/tokens_per_s": batch.num_tokens / seconds,
             "throughput/step_s": seconds,
             "batch/tokens": batch.num_tokens,
-            "batch/sequences": len(batch.sequences),
+            "batch/sequences": len(batch),
             "batch/max_len": max(batch.lengths),
             "memory/peak_bytes_max_rank": int(peak.item()),
         }

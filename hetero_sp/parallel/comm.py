@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import threading
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+
+from hetero_sp.parallel.heads import ulysses_kv_ranges
 
 
 @dataclass(frozen=True)
@@ -38,19 +40,39 @@ def ulysses_bytes(
     num_kv_heads: int,
     head_dim: int,
     elem_bytes: int,
+    rank: int | None = None,
 ) -> CommBytes:
     """Ulysses all-to-all: q, k, v go sequence-sharded -> head-sharded, o comes back.
 
-    With fewer KV heads than ranks each KV head is replicated to ``size`` heads before the
-    exchange. Per rank, every tensor keeps 1/P of itself and swaps the rest; the backward moves
-    dO one way and dQ, dK, dV the other, the same volume.
+    Every rank keeps its own block and swaps the rest. q and o move ``h = num_heads / size``
+    heads per rank pair. Rank r receives only the KV heads its query heads read
+    (``heads.ulysses_kv_ranges``): with fewer KV heads than ranks a KV head is sent to every
+    rank that needs it, which can make the KV traffic differ between ranks (e.g. 12 query and
+    3 KV heads on 4 ranks). The backward moves dO like q and dQ, dK, dV like o, k, v in
+    reverse, so its send and receive are the forward's receive and send.
+
+    ``rank=None`` gives the busiest rank's numbers (each field's maximum over ranks), which
+    is what bounds a collective's time; pass a rank for its exact traffic.
     """
     if size == 1:
         return CommBytes(0, 0, 0, 0)
-    kv_heads = max(num_kv_heads, size)
-    elems = tokens_per_rank * head_dim * (2 * num_heads + 2 * kv_heads)
-    moved = elems * (size - 1) // size * elem_bytes
-    return CommBytes(moved, moved, moved, moved)
+    kv_ranges = ulysses_kv_ranges(num_heads, num_kv_heads, size)
+    h = num_heads // size
+    qo = 2 * (size - 1) * tokens_per_rank * h * head_dim
+    kv_heads = [hi - lo for lo, hi in kv_ranges]
+
+    def one(r: int) -> CommBytes:
+        kv_send = 2 * tokens_per_rank * head_dim * (sum(kv_heads) - kv_heads[r])
+        kv_recv = 2 * (size - 1) * tokens_per_rank * head_dim * kv_heads[r]
+        send, recv = (qo + kv_send) * elem_bytes, (qo + kv_recv) * elem_bytes
+        return CommBytes(fwd_send=send, fwd_recv=recv, bwd_send=recv, bwd_recv=send)
+
+    if rank is not None:
+        if not 0 <= rank < size:
+            raise ValueError(f"rank {rank} is outside a group of {size}")
+        return one(rank)
+    every = [one(r) for r in range(size)]
+    return CommBytes(*(max(getattr(c, f.name) for c in every) for f in fields(CommBytes)))
 
 
 def allgather_kv_bytes(

@@ -169,3 +169,25 @@ def make_layout(
             for r in range(size)
         )
     return GroupLayout(size=size, kind=kind, cu_seqlens=tuple(cu), num_pad=num_pad, pieces=pieces)
+
+
+def causal_pairs(layout: GroupLayout, rank: int) -> int:
+    """Query-key pairs a rank computes when its queries attend causally over their documents
+    (what all-gather K/V does): the measure of its attention FLOPs.
+
+    A segment of q queries ending k tokens after its document's start sees, bottom-right
+    aligned, ``k - q + 1, ..., k`` keys: ``q k - q (q - 1) / 2`` pairs.
+    """
+    total = 0
+    for seg in layout.segments(rank):
+        q, k = seg.end - seg.start, seg.end - layout.cu_seqlens[seg.doc]
+        total += q * k - q * (q - 1) // 2
+    return total
+
+
+def padding_metrics(layouts: list[GroupLayout] | tuple[GroupLayout, ...]) -> dict[str, float]:
+    """Padding of a step's groups, as flat metrics (``padding/tokens``, ``padding/fraction`` of
+    all tokens the groups run)."""
+    pad = sum(layout.num_pad for layout in layouts)
+    total = sum(layout.num_tokens for layout in layouts)
+    return {"padding/tokens": pad, "padding/fraction": pad / total if total else 0.0}
