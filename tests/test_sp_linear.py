@@ -205,3 +205,45 @@ def test_bad_inputs_raise_before_communicating():
         linear_strategy("ring")
     with pytest.raises(ValueError, match="pieces must be 1 .contiguous. or 2 .zigzag."):
         zeco_bytes(0, 2, HEADS, HEAD_K, HEAD_V, 4, pieces=3)
+
+
+def test_zigzag_chain_passes_locally_on_the_middle_rank():
+    layout = make_layout([80], 4, "zigzag")  # chunks of 10; rank 3 holds [30, 40) and [40, 50)
+    middle = piece_table(layout, 3)
+    assert [p.stream_index for p in middle.pieces] == [3, 4]
+    assert middle.holder(2) == (2, 0) and middle.holder(5) == (2, 1)
+    assert all(p.starts and p.passes and p.carries for p in middle.pieces)
+    first = piece_table(layout, 0).pieces
+    assert not first[0].starts and first[0].carries  # the stream's first piece
+    assert first[1].starts and not first[1].carries  # the stream's last piece
+    assert [p.last_segment for p in first] == [0, 1]
+
+
+def _bf16_step(rank, world_size):
+    out = {}
+    for strategy in ("lasp2", "zeco"):
+        layout = make_layout(case_lengths("crossing", world_size, "zigzag"), world_size, "zigzag")
+        sp = SPContext(dist.group.WORLD, rank, world_size, layout, linear_strategy=strategy)
+        idx = layout.local_index(rank)
+        q, k, v, g, do = (t[idx] for t in stream_inputs(layout.num_tokens, decay=True))
+        q, k, v = (t.to(torch.bfloat16) for t in (q, k, v))
+        fn = linear_strategy(strategy)
+        out[strategy] = _forward_backward(
+            fn, q, k, v, g, do.to(torch.bfloat16), PackedSeqs.for_rank(sp), scale=SCALE
+        )
+    return out
+
+
+def test_bf16_inputs_keep_their_dtype_and_match_fp32():
+    results = run_ranks(_bf16_step, 3)
+    layout, o_ref, grads_ref = _reference("crossing", "zigzag", True, 3)
+    for rank, per_rank in enumerate(results):
+        idx = layout.local_index(rank)
+        for strategy, (o, grads) in per_rank.items():
+            assert o.dtype == torch.bfloat16
+            assert [t.dtype for t in grads] == [torch.bfloat16] * 3 + [torch.float32]
+            # bf16 inputs and outputs (eps 7.8e-3) against the fp32 reference: a few roundings.
+            label = f"{strategy} bf16 rank {rank}"
+            assert_rel_close(o.float(), o_ref[idx], 3e-2, f"{label} o")
+            for name, got, ref in zip(("dq", "dk", "dv", "dg"), grads, grads_ref):
+                assert_rel_close(got.float(), ref[idx], 3e-2, f"{label} {name}")

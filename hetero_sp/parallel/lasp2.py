@@ -6,13 +6,17 @@ E = H * (K * V + 1) elements of one piece's summary. u, b, S_in: see ``linear_pi
 
 Local summary -> one collective -> merge, each a named step:
 
-- forward: ``LocalWork.summaries`` (u, b of every local piece) -> ``gather_summaries`` (one
-  all-gather, the local attention runs meanwhile) -> ``combine_states`` (prefix scan over the
-  stream, ``S_in(p + 1) = u_p + b_p S_in(p)``) -> ``LocalWork.corrected``.
-- backward: ``LocalWork.corrections_backward`` (dL/dS_in of the local pieces) -> one
-  all-gather (the local attention's backward runs meanwhile) -> ``combine_grads`` (suffix
-  scan, ``E_p = dL/dS_in(p + 1) = d_{p+1} + b_{p+1} E_{p+1}``) -> ``LocalWork.summaries_backward``.
+- forward: ``LocalWork.attention`` (every local segment from a zero state, with its final
+  state) -> ``LocalWork.summaries`` (u, b of the local pieces, u read off those final
+  states) -> ``gather_summaries`` (one all-gather) -> ``combine_states`` (prefix scan over
+  the stream, ``S_in(p + 1) = u_p + b_p S_in(p)``) -> ``LocalWork.corrected``.
+- backward: ``LocalWork.corrections_backward`` (d_p, the part of dL/dS_in(p) this rank's
+  tokens cause) -> one all-gather -> ``combine_grads`` (suffix scan,
+  ``E_p = dL/dS_in(p + 1) = d_{p+1} + b_{p+1} E_{p+1}``) -> ``LocalWork.replay`` (the local
+  attention's backward with dL/do and dL/du_p = E_p on its final states, in one pass).
 
+The collective moves a few K x V states, independent of the sequence length; it is not
+overlapped with the local attention (u comes from it), which saves a pass over the tokens.
 The states cross the wire in fp32 (fp64 for fp64 inputs); see ``comm.lasp2_bytes``.
 """
 
@@ -35,15 +39,17 @@ if TYPE_CHECKING:
 _all_gather_into_tensor = getattr(dist, "all_gather_single", dist.all_gather_into_tensor)
 
 
-def gather_summaries(send_PX: torch.Tensor, group: dist.ProcessGroup, direction: str):
-    """Start the all-gather of every rank's [P, X] block; returns (out [R * P, X], work)."""
+def gather_summaries(
+    send_PX: torch.Tensor, group: dist.ProcessGroup, direction: str
+) -> torch.Tensor:
+    """All-gather every rank's [P, X] block into [R * P, X] (rank-major)."""
     size = dist.get_world_size(group)
     # Concatenated form [R * P, X]: gloo does not take the stacked one.
-    out_RPX = send_PX.new_empty((size * send_PX.shape[0], *send_PX.shape[1:]))
-    work = _all_gather_into_tensor(out_RPX, send_PX.contiguous(), group=group, async_op=True)
+    out_NX = send_PX.new_empty((size * send_PX.shape[0], *send_PX.shape[1:]))
+    _all_gather_into_tensor(out_NX, send_PX.contiguous(), group=group)
     moved = (size - 1) * send_PX.numel() * send_PX.element_size()
     COMM.add("lasp2", direction, moved, moved)
-    return out_RPX, work
+    return out_NX
 
 
 def _stream_rows(table: PieceTable) -> list[int]:
@@ -90,11 +96,10 @@ def lasp2_forward(
     local = LocalWork(
         q_THK, k_THK, v_THV, g_TH, cu_seqlens, table, scale=scale, backend=backend, record=record
     )
-    u_PHKV, b_PH = local.summaries()
+    o_THV = local.attention(final=True)
+    u_PHKV, b_PH = local.summaries(from_final=True)
     send_PE = torch.cat([u_PHKV.flatten(1), b_PH], dim=1)
-    gathered_NE, work = gather_summaries(send_PE, group, "fwd")
-    o_THV = local.attention()
-    work.wait()
+    gathered_NE = gather_summaries(send_PE, group, "fwd")
     s_in_PHKV, b_NH = combine_states(gathered_NE, table, u_PHKV.shape[1:], local.merge_backend)
     return local.corrected(o_THV, s_in_PHKV), (local, s_in_PHKV, b_PH, b_NH, group)
 
@@ -103,11 +108,9 @@ def lasp2_backward(saved: tuple, do_THV: torch.Tensor) -> tuple[torch.Tensor | N
     """Returns (dq, dk, dv, dg) of the local tokens; dg is None when g was None."""
     local, s_in_PHKV, b_PH, b_NH, group = saved
     d_PHKV = local.corrections_backward(do_THV)
-    gathered_NHKV, work = gather_summaries(d_PHKV, group, "bwd")
-    local.attention_backward(do_THV)
-    work.wait()
+    gathered_NHKV = gather_summaries(d_PHKV, group, "bwd")
     e_PHKV = combine_grads(gathered_NHKV, b_NH, local.table, local.merge_backend)
-    local.summaries_backward(e_PHKV, b_PH, s_in_PHKV)
+    local.replay(do_THV=do_THV, summary=(e_PHKV, b_PH, s_in_PHKV))
     return local.input_grads()
 
 

@@ -3,16 +3,20 @@
 Shape legend: T local tokens, H heads, K key dim, V value dim, P this rank's pieces, L tokens
 of one segment. Pieces, u, b and S_in are defined in ``linear_pieces``.
 
-The strategies' autograd Functions run three local parts around their communication and
-replay them separately in the backward, so that the local attention overlaps the exchange in
-both directions: the summaries (u, b) come first and their backward last (it needs the
-exchanged gradient), the local attention runs while states travel, and the corrections close
-the forward and open the backward (their backward yields the gradient of S_in that is sent).
-Each part is recorded with autograd on detached copies of the inputs (``record``), the way a
-reentrant checkpoint does, and ``torch.autograd.grad`` replays it.
+Three local parts surround a strategy's communication: the summaries (u, b), the local
+attention of every segment from a zero state, and the corrections from S_in. They come in two
+orders:
 
-States, summaries and corrections are computed in the wire dtype (fp32, or fp64 for fp64
-inputs): they sum contributions of many tokens, and they are small.
+- LASP-2 takes u from the local attention's own final states (one local call, then the
+  exchange): no extra pass over the tokens, no overlap.
+- ZeCO computes u directly (one K x V product over each carrying last segment) so that the
+  scan can run while the local attention does, and replays the two parts' backward
+  separately: the local attention's while the gradient scan runs, the summaries' after it.
+
+Each part is recorded with autograd on detached copies of the inputs (``record``), the way a
+reentrant checkpoint does, and ``replay`` back-propagates any subset of them. States,
+summaries and corrections are computed in the wire dtype (fp32, or fp64 for fp64 inputs):
+they sum contributions of many tokens, and they are small.
 """
 
 from __future__ import annotations
@@ -56,7 +60,8 @@ class LocalWork:
         )
         self._grads: list[torch.Tensor | None] = [None, None, None, None]
         self._o_THV: torch.Tensor | None = None
-        self._summary: tuple[list[torch.Tensor], list[torch.Tensor]] = ([], [])
+        self._final_NHKV: torch.Tensor | None = None
+        self._summary: list[tuple[int, torch.Tensor, torch.Tensor]] = []
         self._s_in_PHKV: torch.Tensor | None = None
 
     def _recording(self):
@@ -73,67 +78,63 @@ class LocalWork:
 
     # ---- summaries: u_p (the state of a carrying last segment) and b_p ----------------------
 
-    def summaries(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(u [P, H, K, V], b [P, H]) in the wire dtype, detached."""
+    def summaries(self, from_final: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """(u [P, H, K, V], b [P, H]) in the wire dtype, detached. ``from_final`` takes the
+        states from ``attention(final=True)``; otherwise they are computed here."""
         _, k_THK, v_THV, g_TH = self.inputs
         heads, head_k, head_v = k_THK.shape[1], k_THK.shape[2], v_THV.shape[2]
-        u_PHKV = k_THK.new_zeros(
-            (self.table.num_pieces, heads, head_k, head_v), dtype=self.wire_dtype
-        )
-        b_PH = k_THK.new_zeros((self.table.num_pieces, heads), dtype=self.wire_dtype)
-        states, decays = self._summary
+        wire = self.wire_dtype
+        u_PHKV = k_THK.new_zeros((self.table.num_pieces, heads, head_k, head_v), dtype=wire)
+        b_PH = k_THK.new_zeros((self.table.num_pieces, heads), dtype=wire)
         with self._recording():
             for i, piece in enumerate(self.table.pieces):
                 if not piece.carries:
                     continue
                 lo, hi = piece.last
-                k_LHK, v_LHV = k_THK[lo:hi].to(self.wire_dtype), v_THV[lo:hi].to(self.wire_dtype)
                 if g_TH is None:
-                    state_HKV = torch.einsum("lhk,lhv->hkv", k_LHK, v_LHV)
-                    decay_H = k_THK.new_zeros(heads, dtype=self.wire_dtype)
+                    decay_H = k_THK.new_zeros(heads, dtype=wire)
                 else:
-                    gc_LH = g_TH[lo:hi].to(self.wire_dtype).cumsum(0)
+                    gc_LH = g_TH[lo:hi].to(wire).cumsum(0)
                     decay_H = gc_LH[-1]
-                    tail_LH = (decay_H[None, :] - gc_LH).exp()
-                    state_HKV = torch.einsum("lhk,lhv->hkv", k_LHK * tail_LH[..., None], v_LHV)
-                states.append(state_HKV)
-                decays.append(decay_H)
+                if from_final:
+                    state_HKV = self._final_NHKV[piece.last_segment].to(wire)
+                elif g_TH is None:
+                    state_HKV = torch.einsum(
+                        "lhk,lhv->hkv", k_THK[lo:hi].to(wire), v_THV[lo:hi].to(wire)
+                    )
+                else:
+                    k_LHK = k_THK[lo:hi].to(wire) * (decay_H[None, :] - gc_LH).exp()[..., None]
+                    state_HKV = torch.einsum("lhk,lhv->hkv", k_LHK, v_THV[lo:hi].to(wire))
+                self._summary.append((i, state_HKV, decay_H))
                 u_PHKV[i] = state_HKV.detach()
                 if piece.passes:
                     b_PH[i] = decay_H.detach().exp()
         return u_PHKV, b_PH
 
-    def summaries_backward(
-        self, e_PHKV: torch.Tensor, b_PH: torch.Tensor, s_in_PHKV: torch.Tensor
-    ) -> None:
-        """Backward of ``summaries`` given E_p = dL/dS_in(p + 1) for every local piece:
-        dL/du_p = E_p and dL/dG_p = b_p <E_p, S_in(p)>."""
-        states, decays = self._summary
-        carrying = [i for i, piece in enumerate(self.table.pieces) if piece.carries]
+    def _summary_grads(self, e_PHKV, b_PH, s_in_PHKV):
+        """dL/du_p = E_p and dL/dG_p = b_p <E_p, S_in(p)>, with E_p = dL/dS_in(p + 1)."""
         outputs, grads = [], []
-        for i, state_HKV, decay_H in zip(carrying, states, decays):
+        for i, state_HKV, decay_H in self._summary:
             outputs.append(state_HKV)
-            grads.append(e_PHKV[i])
+            grads.append(e_PHKV[i].to(state_HKV.dtype))
             if decay_H.requires_grad:
                 outputs.append(decay_H)
                 grads.append(b_PH[i] * (e_PHKV[i] * s_in_PHKV[i]).sum((-2, -1)))
-        self._summary = ([], [])
-        if outputs:
-            self._replay(outputs, grads)
+        self._summary = []
+        return outputs, grads
 
     # ---- local attention of every segment from a zero state --------------------------------
 
-    def attention(self) -> torch.Tensor:
+    def attention(self, final: bool = False) -> torch.Tensor:
+        """o [T, H, V], detached; ``final`` also keeps every segment's final state for
+        ``summaries(from_final=True)``."""
         q_THK, k_THK, v_THV, g_TH = self.inputs
         with self._recording():
-            self._o_THV, _ = local_linear_attention(
-                q_THK, k_THK, v_THV, g_TH, self.cu_seqlens, scale=self.scale, backend=self.backend
-            )
+            self._o_THV, self._final_NHKV = local_linear_attention(
+                q_THK, k_THK, v_THV, g_TH, self.cu_seqlens,
+                scale=self.scale, output_final_state=final, backend=self.backend,
+            )  # fmt: skip
         return self._o_THV.detach()
-
-    def attention_backward(self, do_THV: torch.Tensor) -> None:
-        o_THV, self._o_THV = self._o_THV, None
-        self._replay([o_THV], [do_THV])
 
     # ---- corrections from S_in on segments that continue a document ------------------------
 
@@ -184,11 +185,27 @@ class LocalWork:
 
     # ---- gradients --------------------------------------------------------------------------
 
-    def _replay(self, outputs: list[torch.Tensor], grads: list[torch.Tensor]) -> None:
+    def replay(
+        self,
+        do_THV: torch.Tensor | None = None,
+        summary: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+    ) -> None:
+        """Back-propagate the local attention (given dL/do) and/or the summaries (given
+        ``(E [P, H, K, V], b [P, H], S_in [P, H, K, V])``) in one pass into the inputs."""
+        outputs, grads = [], []
+        if do_THV is not None:
+            outputs.append(self._o_THV)
+            grads.append(do_THV)
+            self._o_THV = self._final_NHKV = None
+        if summary is not None:
+            more = self._summary_grads(*summary)
+            outputs += more[0]
+            grads += more[1]
+        if not outputs:
+            return
         wanted = [t for t in self.inputs if t is not None]
-        found = torch.autograd.grad(outputs, wanted, grads, allow_unused=True)
-        it = iter(found)
-        self._accumulate([None if t is None else next(it) for t in self.inputs])
+        found = iter(torch.autograd.grad(outputs, wanted, grads, allow_unused=True))
+        self._accumulate([None if t is None else next(found) for t in self.inputs])
 
     def input_grads(self) -> tuple[torch.Tensor | None, ...]:
         """(dq, dk, dv, dg) in the inputs' dtypes; zeros where nothing flowed."""

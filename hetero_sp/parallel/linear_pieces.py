@@ -37,6 +37,8 @@ class Piece:
     """Local token range of the piece's first segment."""
     last: tuple[int, int]
     """Local token range of its last segment (the same as ``first`` for a one-segment piece)."""
+    last_segment: int
+    """Index of the last segment among the rank's segments: its row of the local final states."""
     starts: bool
     """The first segment continues a document from the previous piece: it takes S_in."""
     carries: bool
@@ -67,10 +69,11 @@ class PieceTable:
 @functools.lru_cache(maxsize=256)
 def piece_table(layout: GroupLayout, rank: int) -> PieceTable:
     """The pieces of ``rank`` under ``layout`` (host arithmetic, cached: one layout serves every layer of a step)."""
-    pieces, offset = [], 0
+    pieces, offset, seen = [], 0, 0
     segments = layout.segments(rank)
     for i, (start, end) in enumerate(layout.pieces[rank]):
         mine = [s for s in segments if start <= s.start < end]
+        seen += len(mine)
         ranges, pos = [], offset
         for seg in mine:
             ranges.append((pos, pos + seg.end - seg.start))
@@ -82,6 +85,7 @@ def piece_table(layout: GroupLayout, rank: int) -> PieceTable:
                 stream_index=layout.stream_order().index((rank, i)),
                 first=ranges[0],
                 last=ranges[-1],
+                last_segment=seen - 1,
                 starts=first.continues_prev,
                 carries=last.continues_next,
                 passes=len(mine) == 1 and first.continues_prev,

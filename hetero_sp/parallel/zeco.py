@@ -125,7 +125,7 @@ def _scan(table, own_KHV, b_PH, into_PKHV, out_PKHV, group, num_blocks, backward
     return sent, received
 
 
-def _start_scan(table, own_PHKV, b_PH, group, num_blocks, backward):
+def start_scan(table, own_PHKV, b_PH, group, num_blocks, backward):
     """Start the scan in the background; returns (job, into [P, K, H, V])."""
     own_PKHV = own_PHKV.transpose(1, 2).contiguous()
     into_PKHV = torch.zeros_like(own_PKHV)
@@ -156,7 +156,7 @@ def zeco_forward(
         q_THK, k_THK, v_THV, g_TH, cu_seqlens, table, scale=scale, backend=backend, record=record
     )
     u_PHKV, b_PH = local.summaries()
-    job, s_in_PKHV = _start_scan(table, u_PHKV, b_PH, group, num_blocks, backward=False)
+    job, s_in_PKHV = start_scan(table, u_PHKV, b_PH, group, num_blocks, backward=False)
     o_THV = local.attention()
     COMM.add("zeco", "fwd", *job.result())
     s_in_PHKV = s_in_PKHV.transpose(1, 2)
@@ -167,10 +167,10 @@ def zeco_backward(saved: tuple, do_THV: torch.Tensor) -> tuple[torch.Tensor | No
     """Returns (dq, dk, dv, dg) of the local tokens; dg is None when g was None."""
     local, s_in_PHKV, b_PH, group, num_blocks = saved
     d_PHKV = local.corrections_backward(do_THV)
-    job, e_PKHV = _start_scan(local.table, d_PHKV, b_PH, group, num_blocks, backward=True)
-    local.attention_backward(do_THV)
+    job, e_PKHV = start_scan(local.table, d_PHKV, b_PH, group, num_blocks, backward=True)
+    local.replay(do_THV=do_THV)
     COMM.add("zeco", "bwd", *job.result())
-    local.summaries_backward(e_PKHV.transpose(1, 2), b_PH, s_in_PHKV)
+    local.replay(summary=(e_PKHV.transpose(1, 2), b_PH, s_in_PHKV))
     return local.input_grads()
 
 
