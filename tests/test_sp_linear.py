@@ -27,6 +27,7 @@ from hetero_sp.model import PackedSeqs
 from hetero_sp.model.backends import local_linear_attention
 from hetero_sp.parallel import SPContext, linear_strategy, make_layout
 from hetero_sp.parallel.comm import COMM, lasp2_bytes, zeco_bytes
+from hetero_sp.parallel.lasp2 import states_from_local_call
 from hetero_sp.parallel.linear_pieces import piece_table
 from tests.common import assert_rel_close
 from tests.distributed import run_ranks
@@ -247,3 +248,15 @@ def test_bf16_inputs_keep_their_dtype_and_match_fp32():
             assert_rel_close(o.float(), o_ref[idx], 3e-2, f"{label} o")
             for name, got, ref in zip(("dq", "dk", "dv", "dg"), grads, grads_ref):
                 assert_rel_close(got.float(), ref[idx], 3e-2, f"{label} {name}")
+
+
+def test_cases_cover_both_lasp2_summary_sources():
+    """LASP-2 reads u off the local call's final states or computes it; the cases above must
+    run both (the many-short-documents case makes some ranks compute it)."""
+    seen = set()
+    for size, case, kind in itertools.product((2, 3, 4), CASES, LAYOUTS):
+        layout = make_layout(case_lengths(case, size, kind), size, kind)
+        for rank in range(size):
+            segments = len(layout.local_cu_seqlens(rank)) - 1
+            seen.add(states_from_local_call(segments, layout.tokens_per_rank, HEAD_K, HEAD_V))
+    assert seen == {True, False}

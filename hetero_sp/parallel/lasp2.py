@@ -8,7 +8,8 @@ Local summary -> one collective -> merge, each a named step:
 
 - forward: ``LocalWork.attention`` (every local segment from a zero state, with its final
   state) -> ``LocalWork.summaries`` (u, b of the local pieces, u read off those final
-  states) -> ``gather_summaries`` (one all-gather) -> ``combine_states`` (prefix scan over
+  states unless short documents make them too many: ``states_from_local_call``) ->
+  ``gather_summaries`` (one all-gather) -> ``combine_states`` (prefix scan over
   the stream, ``S_in(p + 1) = u_p + b_p S_in(p)``) -> ``LocalWork.corrected``.
 - backward: ``LocalWork.corrections_backward`` (d_p, the part of dL/dS_in(p) this rank's
   tokens cause) -> one all-gather -> ``combine_grads`` (suffix scan,
@@ -79,6 +80,13 @@ def combine_grads(gathered_NHKV, b_NH, table, backend):
     return e_NHKV[_own_rows(table)]
 
 
+def states_from_local_call(num_segments: int, num_tokens: int, head_k: int, head_v: int) -> bool:
+    """Whether to read u off the local call's final states (no extra pass) rather than compute
+    it from the last segments: only while every segment's K x V state, which the local call
+    then keeps, takes no more memory than the shard's k and v (short documents make it big)."""
+    return num_segments * head_k * head_v <= num_tokens * (head_k + head_v)
+
+
 def lasp2_forward(
     q_THK: torch.Tensor,
     k_THK: torch.Tensor,
@@ -96,8 +104,11 @@ def lasp2_forward(
     local = LocalWork(
         q_THK, k_THK, v_THV, g_TH, cu_seqlens, table, scale=scale, backend=backend, record=record
     )
-    o_THV = local.attention(final=True)
-    u_PHKV, b_PH = local.summaries(from_final=True)
+    from_final = states_from_local_call(
+        len(cu_seqlens) - 1, q_THK.shape[0], q_THK.shape[-1], v_THV.shape[-1]
+    )
+    o_THV = local.attention(final=from_final)
+    u_PHKV, b_PH = local.summaries(from_final=from_final)
     send_PE = torch.cat([u_PHKV.flatten(1), b_PH], dim=1)
     gathered_NE = gather_summaries(send_PE, group, "fwd")
     s_in_PHKV, b_NH = combine_states(gathered_NE, table, u_PHKV.shape[1:], local.merge_backend)
