@@ -2,9 +2,12 @@
 
 Four gloo ranks run one step of a hand-made plan through DeepSpeed (ZeRO 1, 2, 3): a micro-batch
 with a group of two ranks and two groups of one, then a micro-batch with one group of four, on a
-hybrid model. The optimizer is plain SGD (lr 1, no momentum, no decay, no clipping), so the
-parameter update *is* the averaged gradient DeepSpeed applied; it must equal the gradient of
-one process running the whole batch, and the step's loss must equal the reference loss.
+hybrid model. The optimizer is plain SGD (no momentum, decay or clipping), so the parameter
+update is the averaged gradient DeepSpeed applied times the learning rate; it must equal the
+gradient of one process running the whole batch, and the step's loss the reference loss.
+The learning rate is 1024 (a power of two, so the division back is exact): with lr 1 the update
+of a parameter near 1.0 would be rounded to fp32's spacing there (6e-8), which is 1e-5 of
+the smallest gradients here.
 """
 
 import pytest
@@ -24,6 +27,7 @@ from tests.distributed import run_ranks
 
 # Documents that cross rank boundaries inside their groups, a tiny one, and uneven sizes.
 LENGTHS = [150, 37, 90, 5, 64, 260, 1, 33]
+LR = 1024.0
 STRATEGY_MIXES = [("ulysses", "lasp2"), ("allgather_kv", "zeco")]
 
 
@@ -44,7 +48,9 @@ def _plan(groups_per_mb, softmax, linear, world=4) -> Plan:
             for ranks, seqs in groups
         )
         mbs.append(MicroBatchPlan(groups=plans, makespan_s=0.0, lower_bound_s=0.0, solver=stats))
-    plan = Plan(world_size=world, lengths=tuple(LENGTHS), micro_batches=tuple(mbs), memory_limit_bytes=1e18)
+    plan = Plan(
+        world_size=world, lengths=tuple(LENGTHS), micro_batches=tuple(mbs), memory_limit_bytes=1e18
+    )
     validate_plan(plan)
     return plan
 
@@ -67,7 +73,7 @@ def _one_step(rank, world_size, layers, stage, groups_per_mb, softmax, linear):
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     engine, *_ = deepspeed.initialize(
         model=model,
-        optimizer=torch.optim.SGD(model.parameters(), lr=1.0),
+        optimizer=torch.optim.SGD(model.parameters(), lr=LR),
         config=deepspeed_config(cfg),
     )
     pool = build_group_pool(world_size)
@@ -87,7 +93,7 @@ def _one_step(rank, world_size, layers, stage, groups_per_mb, softmax, linear):
     return {
         "loss": total[0].item() / total[1].item(),
         "labels": int(total[1].item()),
-        "update": {n: before[n] - after[n] for n in before},
+        "update": {n: (before[n] - after[n]) / LR for n in before},
     }
 
 
