@@ -4,6 +4,7 @@
     hetero-sp config --reference                                 every key with its meaning
     hetero-sp prepare INPUT... --out DIR                         tokenize a corpus for training
     hetero-sp profile --out FILE [--config FILE]                 measure the planner's costs
+    hetero-sp plot RUN_DIR [--steps N,M]                          curves and plan Gantt charts
 
 Training itself is launched with torchrun: ``torchrun ... -m hetero_sp.train --config FILE``.
 """
@@ -16,6 +17,7 @@ import sys
 
 from hetero_sp.config import SECTIONS, ConfigError, field_docs, load_config
 from hetero_sp.data.cli import add_prepare_parser
+from hetero_sp.engine.plots import add_plot_parser
 from hetero_sp.planner.cli import add_profile_parser
 
 
@@ -78,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=_cmd_config)
     add_prepare_parser(sub)
     add_profile_parser(sub)
+    add_plot_parser(sub)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

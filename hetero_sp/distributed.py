@@ -26,6 +26,27 @@ class DistInfo:
     backend: str
 
 
+def _attempt_store(rank: int, world_size: int, timeout: timedelta) -> dist.Store:
+    """The rendezvous store, with keys scoped to this torchrun restart attempt.
+
+    torchrun's agent keeps its store across worker restarts, so the addresses the previous
+    attempt's ranks published are still there; a restarted rank reading one of those would try
+    to connect to a process that is gone. A prefix per attempt keeps each attempt's keys apart.
+    """
+    host, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
+    agent_hosts = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    store = dist.TCPStore(
+        host,
+        port,
+        world_size,
+        is_master=rank == 0 and not agent_hosts,
+        timeout=timeout,
+        multi_tenant=True,
+    )
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    return dist.PrefixStore(f"hetero_sp/attempt_{attempt}", store)
+
+
 def init_distributed(timeout_s: int = 600) -> DistInfo:
     """Join the process group that torchrun set up through the environment (or a single rank)."""
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
@@ -42,7 +63,15 @@ def init_distributed(timeout_s: int = 600) -> DistInfo:
         if os.environ["MASTER_ADDR"] in _LOOPBACK:
             os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     if not dist.is_initialized():
-        dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
+        timeout = timedelta(seconds=timeout_s)
+        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        dist.init_process_group(
+            backend,
+            store=_attempt_store(rank, world, timeout),
+            rank=rank,
+            world_size=world,
+            timeout=timeout,
+        )
     return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, device, backend)
 
 

@@ -19,6 +19,7 @@ from hetero_sp.data.samplers import build_sampler
 from hetero_sp.distributed import DistInfo
 from hetero_sp.engine import checkpoint as ckpt_io
 from hetero_sp.engine import deepspeed_engine
+from hetero_sp.engine.faults import maybe_fail
 from hetero_sp.engine.metrics import MetricsWriter, peak_memory_bytes
 from hetero_sp.engine.planning import build_cost_model, make_plan_fn
 from hetero_sp.engine.step import group_times, imbalance, run_step
@@ -261,6 +262,7 @@ class Trainer:
         if self.start_step < cfg.train.steps:
             self._submit(self.start_step)
         for step in bar:
+            maybe_fail(step + 1, self.info.rank, self.out_dir)
             m = self.train_step(step)
             if (step + 1) % cfg.train.log_every == 0 or step + 1 == cfg.train.steps:
                 self.metrics.write(step + 1, m)

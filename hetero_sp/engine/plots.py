@@ -1,0 +1,121 @@
+"""``hetero-sp plot RUN_DIR``: loss and throughput curves and Gantt charts of chosen steps' plans.
+
+Reads what a run wrote (``metrics.jsonl``, ``plans.jsonl``) and writes PNG files next to them:
+``loss.png``, ``throughput.png`` and, for each chosen step, ``plan_step_<N>.png`` with the
+predicted schedule above the measured one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def _plans(run_dir: Path) -> dict[int, dict]:
+    path = run_dir / "plans.jsonl"
+    if not path.is_file():
+        return {}
+    out = {}
+    with open(path) as f:
+        for line in f:
+            if line.strip():
+                record = json.loads(line)
+                out[record["step"]] = record
+    return out
+
+
+def _curves(records: list[dict], run_dir: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [r["step"] for r in records]
+    written = []
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(steps, [r["loss/train"] for r in records], linewidth=1)
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss (nats/token)")
+    ax.set_title(run_dir.name)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    written.append(run_dir / "loss.png")
+    fig.savefig(written[-1], dpi=120)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(steps, [r["throughput/tokens_per_s"] for r in records], linewidth=1, label="tokens/s")
+    ax.set_xlabel("step")
+    ax.set_ylabel("tokens/s")
+    if all("throughput/mfu" in r for r in records):
+        twin = ax.twinx()
+        twin.plot(
+            steps, [100 * r["throughput/mfu"] for r in records], color="tab:orange", linewidth=1
+        )
+        twin.set_ylabel("MFU (%)", color="tab:orange")
+    ax.set_title(f"{run_dir.name}: throughput")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    written.append(run_dir / "throughput.png")
+    fig.savefig(written[-1], dpi=120)
+    plt.close(fig)
+    return written
+
+
+def plot_run(run_dir: str | Path, steps: list[int] | None = None) -> list[Path]:
+    """Write the run's plots; returns their paths. ``steps`` defaults to the first and last
+    planned steps."""
+    from hetero_sp.engine.metrics import read_metrics
+    from hetero_sp.planner.gantt import draw_gantt
+    from hetero_sp.planner.plan import Plan
+
+    run_dir = Path(run_dir)
+    metrics = run_dir / "metrics.jsonl"
+    if not metrics.is_file():
+        raise ValueError(f"{run_dir} has no metrics.jsonl: is it a training run's out_dir?")
+    written = _curves(read_metrics(metrics), run_dir)
+    plans = _plans(run_dir)
+    if steps is None:
+        steps = sorted({min(plans), max(plans)}) if plans else []
+    for step in steps:
+        if step not in plans:
+            raise ValueError(
+                f"step {step} has no plan in {run_dir}/plans.jsonl (steps {min(plans)}..{max(plans)})"
+            )
+        record = plans[step]
+        plan = Plan.from_dict(record["plan"])
+        stem = run_dir / f"plan_step_{step}"
+        written.append(
+            draw_gantt(
+                plan, None, stem.with_name(stem.name + "_predicted.png"), f"step {step}: predicted"
+            )
+        )
+        written.append(
+            draw_gantt(
+                plan,
+                None,
+                stem.with_name(stem.name + "_measured.png"),
+                f"step {step}: measured",
+                times=record["measured_group_s"],
+            )
+        )
+    return written
+
+
+def add_plot_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("plot", help="draw loss/throughput curves and plan Gantt charts of a run")
+    p.add_argument("run_dir", help="a training run's out_dir")
+    p.add_argument(
+        "--steps",
+        default=None,
+        help="comma-separated steps whose plans to draw (default: first and last)",
+    )
+    p.set_defaults(func=_cmd_plot)
+
+
+def _cmd_plot(args: argparse.Namespace) -> int:
+    steps = [int(s) for s in args.steps.split(",")] if args.steps else None
+    for path in plot_run(args.run_dir, steps):
+        print(path)
+    return 0
