@@ -59,6 +59,19 @@ class GlobalBatch:
         parts = [self.corpus.doc(d)[start:stop] for d, start, stop in self.refs[i]]
         return np.concatenate(parts).astype(np.int64)
 
+    def read(self, i: int, start: int, stop: int) -> np.ndarray:
+        """Token ids ``[start, stop)`` of sequence i as int64, reading only those tokens (a rank
+        holding part of a long sequence reads just its part)."""
+        parts, offset = [], 0
+        for d, seg_start, seg_stop in self.refs[i]:
+            lo, hi = max(start, offset), min(stop, offset + seg_stop - seg_start)
+            if lo < hi:
+                parts.append(self.corpus.doc(d)[seg_start + lo - offset : seg_start + hi - offset])
+            offset += seg_stop - seg_start
+        if stop > offset or start < 0 or start > stop:
+            raise ValueError(f"sequence {i} has {offset} token ids; cannot read [{start}, {stop})")
+        return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, dtype=np.int64)
+
     def materialize(self, indices: Iterable[int]) -> list[np.ndarray]:
         """The token ids of the given sequences, in that order."""
         return [self.tokens(i) for i in indices]

@@ -120,9 +120,10 @@ def resolve_linear_backend(name: str, device: torch.device) -> str:
         raise ValueError(
             f"linear-attention backend {name!r} is unknown; allowed: auto, torch, triton"
         )
-    triton_ok = _triton_linear_attn() is not None and (
-        device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
-    )
+    # Import the kernels only where they can run: importing decorates them, and a CPU process
+    # that imported them without the interpreter could not use them later.
+    runnable_here = device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
+    triton_ok = runnable_here and _triton_linear_attn() is not None
     if name == "triton" and not triton_ok:
         raise ValueError(
             "linear-attention backend 'triton' needs the Triton kernels and CUDA tensors "

@@ -1,6 +1,8 @@
 """Causal linear attention with per-head scalar decay on packed variable-length streams.
 
 ``naive``: token recurrence and quadratic references. ``torch_chunk``: the chunked torch backend.
+``chunk``: the Triton kernels (``chunk_linear_attn``); not imported here, because importing it
+decorates the kernels, and on CPU that must happen after ``TRITON_INTERPRET=1`` is set.
 """
 
 from kernels.linear_attn.naive import naive_linear_attn, naive_recurrent_linear_attn
