@@ -12,6 +12,7 @@ pytest.importorskip("megatron.core", reason="megatron-core is not installed (ext
 
 from megatron.core import num_microbatches_calculator as micro  # noqa: E402
 from megatron.core import parallel_state  # noqa: E402
+from megatron.core.packed_seq_params import PackedSeqParams  # noqa: E402
 from megatron.core.transformer.enums import AttnMaskType  # noqa: E402
 
 from hetero_sp.config import DataConfig  # noqa: E402
@@ -27,6 +28,7 @@ from hetero_sp.integrations.megatron import (  # noqa: E402
     hybrid_block_spec,
     pack_micro_batch,
 )
+from hetero_sp.integrations.megatron_attention import _shard_seqs  # noqa: E402
 from hetero_sp.model.attention import LinearAttention  # noqa: E402
 from hetero_sp.model.packed import PackedSeqs  # noqa: E402
 from tests.common import assert_rel_close, tiny_config  # noqa: E402
@@ -122,6 +124,12 @@ def test_spec_errors():
         HeteroSoftmaxCoreAttention(cfg, 1, AttnMaskType.causal)
     with pytest.raises(ValueError, match="is causal"):
         HeteroSoftmaxCoreAttention(cfg, 1, AttnMaskType.padding, attention_dropout=0.0)
+
+
+def test_per_micro_batch_cp_group_is_refused():
+    params = PackedSeqParams(qkv_format="thd", cu_seqlens_q=torch.tensor([0, 4]), cp_group=object())
+    with pytest.raises(ValueError, match="hybrid context parallelism"):
+        _shard_seqs(4, 1, params, None, torch.device("cpu"))
 
 
 def test_cpu_compat_restores_what_it_patches():

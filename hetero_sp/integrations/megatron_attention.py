@@ -57,6 +57,12 @@ def _shard_seqs(
     num_local: int, rows: int, packed_seq_params, cp_group, device, **strategies: str
 ) -> PackedSeqs:
     """This rank's documents: the THD batch's padded documents, or ``rows`` rows of equal length."""
+    if getattr(packed_seq_params, "cp_group", None) not in (None, cp_group):
+        # Megatron's own RoPE in S layers shards by the layer's CP group, not this one.
+        raise ValueError(
+            "packed_seq_params.cp_group (hybrid context parallelism) is not supported; leave it "
+            "None so every layer uses Megatron's context-parallel group"
+        )
     cp_size = 1 if cp_group is None else cp_group.size()
     if _is_thd(packed_seq_params):
         lengths = _doc_lengths(packed_seq_params)
