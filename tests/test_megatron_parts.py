@@ -33,7 +33,13 @@ from hetero_sp.model.attention import LinearAttention  # noqa: E402
 from hetero_sp.model.packed import PackedSeqs  # noqa: E402
 from tests.common import assert_rel_close, tiny_config  # noqa: E402
 from tests.distributed import run_ranks  # noqa: E402
-from tests.megatron_common import DOC_LENGTHS, VOCAB, documents, gpt_config  # noqa: E402
+from tests.megatron_common import (  # noqa: E402
+    DOC_LENGTHS,
+    VOCAB,
+    documents,
+    gpt_config,
+    gpt_model,
+)
 
 
 def _linear_layer_vs_hetero_sp(rank, world_size):
@@ -70,6 +76,26 @@ def test_linear_layer_is_hetero_sps_linear_attention():
     assert bias is None
     # q, k, v come from one fused projection instead of three (other matmul blocking).
     assert_rel_close(got, expected, 1e-6, "output")
+
+
+def _checkpoint_keys(rank, world_size):
+    with cpu_compat():
+        parallel_state.initialize_model_parallel()
+        try:
+            cfg = gpt_config(1, 2)
+            model = gpt_model(cfg, hybrid_block_spec(cfg, "LS"))
+            params = {name for name, _ in model.named_parameters()}
+            return params, set(model.sharded_state_dict())
+        finally:
+            parallel_state.destroy_model_parallel()
+
+
+def test_sharded_state_dict_covers_every_parameter():
+    """Megatron's distributed checkpointing sees the new layers' parameters (the decay gate and
+    the per-head norm included); saving and loading is Megatron's."""
+    params, keys = run_ranks(_checkpoint_keys, 2)[0]
+    assert {"decoder.layers.0.self_attention.o_norm.weight"} <= params
+    assert params <= keys
 
 
 def _pipeline_slices(rank, world_size):

@@ -215,7 +215,11 @@ class HeteroLinearSelfAttention(MegatronModule):
             if decay
             else None
         )
-        self.o_norm = RMSNorm(self.head_dim, config.layernorm_epsilon)
+        # Megatron's own modules are created where config says; the norm follows them.
+        device = "cpu" if config.use_cpu_initialization else torch.cuda.current_device()
+        self.o_norm = RMSNorm(self.head_dim, config.layernorm_epsilon).to(
+            device=device, dtype=config.params_dtype
+        )
         self.linear_proj = RowParallelLinear(
             width,
             config.hidden_size,
