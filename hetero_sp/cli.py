@@ -3,6 +3,7 @@
     hetero-sp config [--config FILE] [section.key=value ...]   print the resolved config
     hetero-sp config --reference                                 every key with its meaning
     hetero-sp prepare INPUT... --out DIR                         tokenize a corpus for training
+    hetero-sp profile --out FILE [--config FILE]                 measure the planner's costs
 
 Training itself is launched with torchrun: ``torchrun ... -m hetero_sp.train --config FILE``.
 """
@@ -15,6 +16,7 @@ import sys
 
 from hetero_sp.config import SECTIONS, ConfigError, field_docs, load_config
 from hetero_sp.data.cli import add_prepare_parser
+from hetero_sp.planner.cli import add_profile_parser
 
 
 def _toml_value(value) -> str:
@@ -75,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("overrides", nargs="*", help="section.key=value")
     p.set_defaults(func=_cmd_config)
     add_prepare_parser(sub)
+    add_profile_parser(sub)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

@@ -115,5 +115,3 @@ def rank_microbatch(
         layout=layout,
         group_size=size,
     )
-
-

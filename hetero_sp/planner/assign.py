@@ -1,0 +1,253 @@
+"""From group sizes (and the MILP's bucket counts) to concrete groups: which ranks form each
+group and which sequences each runs.
+
+:class:`Packing` holds sequences on groups with their predicted loads (true lengths, not
+bucket lengths). Sequences are placed longest first on the least-loaded group with memory room
+(LPT), then a local search moves or swaps sequences off the most loaded group while that lowers
+the pair's maximum, which also evens out tokens among groups of one size. Ranks are given
+largest groups first at increasing offsets, which keeps every block aligned.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Sequence
+
+import numpy as np
+
+from hetero_sp.planner.bucketing import Buckets
+from hetero_sp.planner.cost import CostModel
+from hetero_sp.planner.milp import MilpResult
+from hetero_sp.planner.plan import GroupPlan
+
+
+class Packing:
+    """Sequences (indices into ``lengths``) on groups of the given sizes."""
+
+    def __init__(self, lengths: np.ndarray, cost: CostModel, sizes: Sequence[int]) -> None:
+        self.cost, self.lengths = cost, np.asarray(lengths, dtype=np.int64)
+        self.sizes = list(sizes)
+        per_size = {}
+        for d in set(self.sizes):
+            g = cost.groups[d]
+            per_size[d] = (
+                g.per_token2_s * self.lengths.astype(float) ** 2 + g.per_token_s * self.lengths
+            )
+        self.times = np.stack([per_size[d] for d in self.sizes]) if self.sizes else None
+        self.fixed = np.array([cost.groups[d].fixed_s for d in self.sizes])
+        self.cap = np.array([cost.groups[d].max_tokens for d in self.sizes], dtype=np.int64)
+        self.busy = np.zeros(len(self.sizes))
+        self.tokens = np.zeros(len(self.sizes), dtype=np.int64)
+        self.count = np.zeros(len(self.sizes), dtype=np.int64)
+        self.where = np.full(len(self.lengths), -1, dtype=np.int64)
+
+    def loads(self) -> np.ndarray:
+        return self.busy + self.fixed * (self.count > 0)
+
+    @property
+    def makespan(self) -> float:
+        return float(self.loads().max()) if self.sizes else 0.0
+
+    def add(self, i: int, g: int) -> None:
+        self.busy[g] += self.times[g, i]
+        self.tokens[g] += self.lengths[i]
+        self.count[g] += 1
+        self.where[i] = g
+
+    def remove(self, i: int) -> None:
+        g = self.where[i]
+        self.busy[g] -= self.times[g, i]
+        self.tokens[g] -= self.lengths[i]
+        self.count[g] -= 1
+        self.where[i] = -1
+
+    def lpt(self, items: Sequence[int], allowed: Sequence[int] | None = None) -> list[int]:
+        """Place items longest first on the least-loaded allowed group with memory room;
+        returns the items that fit nowhere."""
+        groups = np.arange(len(self.sizes)) if allowed is None else np.asarray(allowed)
+        failed = []
+        for i in sorted(items, key=lambda i: (-self.lengths[i], i)):
+            room = self.tokens[groups] + self.lengths[i] <= self.cap[groups]
+            if not room.any():
+                failed.append(i)
+                continue
+            after = (
+                self.loads()[groups]
+                + self.times[groups, i]
+                + self.fixed[groups] * (self.count[groups] == 0)
+            )
+            after[~room] = np.inf
+            self.add(i, int(groups[int(np.argmin(after))]))
+        return failed
+
+    def improve(self, max_rounds: int) -> None:
+        """Move or swap sequences off the most loaded group while that lowers its load."""
+        for _ in range(max_rounds):
+            loads = self.loads()
+            g = int(np.argmax(loads))
+            top = loads[g]
+            tol = 1e-12 * top
+            members = np.flatnonzero(self.where == g)
+            best_val, best_move = top - tol, None
+            others = np.arange(len(self.sizes)) != g
+            for i in members:
+                left = loads[g] - self.times[g, i] - (self.fixed[g] if self.count[g] == 1 else 0)
+                into = loads + self.times[:, i] + self.fixed * (self.count == 0)
+                ok = others & (self.tokens + self.lengths[i] <= self.cap)
+                val = np.where(ok, np.maximum(left, into), np.inf)
+                h = int(np.argmin(val))
+                if val[h] < best_val:
+                    best_val, best_move = val[h], (int(i), h, None)
+            outside = np.flatnonzero((self.where != g) & (self.where >= 0))
+            if best_move is None and len(outside):
+                hs = self.where[outside]
+                t_h_out = self.times[hs, outside]
+                t_g_out = self.times[g, outside]
+                for i in members:
+                    new_g = loads[g] - self.times[g, i] + t_g_out
+                    new_h = loads[hs] - t_h_out + self.times[hs, i]
+                    ok = (
+                        self.tokens[g] - self.lengths[i] + self.lengths[outside] <= self.cap[g]
+                    ) & (self.tokens[hs] - self.lengths[outside] + self.lengths[i] <= self.cap[hs])
+                    val = np.where(ok, np.maximum(new_g, new_h), np.inf)
+                    j = int(np.argmin(val))
+                    if val[j] < best_val:
+                        best_val, best_move = val[j], (int(i), int(hs[j]), int(outside[j]))
+            if best_move is None:
+                return
+            i, h, j = best_move
+            self.remove(i)
+            if j is not None:
+                self.remove(j)
+                self.add(j, g)
+            self.add(i, h)
+
+
+def homogeneous(
+    lengths: np.ndarray, cost: CostModel, size: int, improve_rounds: int
+) -> Packing | None:
+    """Every group of one size; None when the sequences do not fit in memory.
+
+    Longest first onto the least-loaded group with room; when memory is too tight for that,
+    first fit by tokens (the memory-first packing the micro-batch split checks with)."""
+    sizes = [size] * (cost.topology.num_gpus // size)
+    if not len(lengths) or int(np.max(lengths)) > cost.groups[size].max_tokens:
+        return None
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    pack = _lpt_identical(Packing(lengths, cost, sizes), order)
+    if pack is None:
+        pack = _first_fit(Packing(lengths, cost, sizes), order)
+    if pack is not None:
+        pack.improve(improve_rounds)
+    return pack
+
+
+def _lpt_identical(pack: Packing, order: Sequence[int]) -> Packing | None:
+    """LPT on groups of one size with a heap of (load, group)."""
+    cap, fixed = pack.cap[0], pack.fixed[0]
+    heap = [(0.0, g) for g in range(len(pack.sizes))]
+    for i in order:
+        skipped = []
+        while heap and pack.tokens[heap[0][1]] + pack.lengths[i] > cap:
+            skipped.append(heapq.heappop(heap))
+        if not heap:
+            return None
+        _, g = heapq.heappop(heap)
+        pack.add(i, g)
+        heapq.heappush(heap, (pack.busy[g] + fixed, g))
+        for item in skipped:
+            heapq.heappush(heap, item)
+    return pack
+
+
+def _first_fit(pack: Packing, order: Sequence[int]) -> Packing | None:
+    for i in order:
+        room = np.flatnonzero(pack.tokens + pack.lengths[i] <= pack.cap)
+        if not len(room):
+            return None
+        pack.add(i, int(room[0]))
+    return pack
+
+
+def realize(
+    lengths: np.ndarray, cost: CostModel, buckets: Buckets, result: MilpResult, improve_rounds: int
+) -> Packing | None:
+    """Concrete groups for a MILP solution; None when some sequence fits nowhere."""
+    explicit = list(result.groups)
+    sizes = [g.size for g in explicit]
+    classes = []
+    for d, num, counts in result.fluid:
+        classes.append((list(range(len(sizes), len(sizes) + num)), list(counts)))
+        sizes += [d] * num
+    sizes += [1] * (cost.topology.num_gpus - sum(sizes))  # spare GPUs: groups of one to fill
+    pack = Packing(lengths, cost, sizes)
+    quota = [list(g.counts) for g in explicit]
+    pools: list[list[int]] = [[] for _ in classes]
+    homeless = []
+    for k in reversed(range(len(buckets.values))):
+        for i in sorted(buckets.members[k], key=lambda i: (-lengths[i], i)):
+            want = [g for g in range(len(explicit)) if quota[g][k] > 0]
+            room = [g for g in want if pack.tokens[g] + lengths[i] <= pack.cap[g]]
+            if room:  # the MILP counted mean lengths: a group may lack room for this one
+                g = min(room, key=lambda g: (pack.loads()[g], g))
+                quota[g][k] -= 1
+                pack.add(i, g)
+                continue
+            if want:
+                quota[want[0]][k] -= 1
+                homeless.append(i)
+                continue
+            c = next((c for c, (_, counts) in enumerate(classes) if counts[k] > 0), None)
+            if c is None:
+                homeless.append(i)
+            else:
+                classes[c][1][k] -= 1
+                pools[c].append(i)
+    for (members, _), pool in zip(classes, pools):
+        homeless += pack.lpt(pool, members)
+    if pack.lpt(homeless):
+        return None
+    pack.improve(improve_rounds)
+    return pack
+
+
+def group_plans(pack: Packing, index: Sequence[int]) -> tuple[GroupPlan, ...]:
+    """Groups with ranks: biggest first at increasing offsets (aligned because sizes are
+    powers of two in decreasing order, or the whole world); idle ranks as groups of one.
+    ``index`` maps the packing's sequences to their indices in the step's batch."""
+    cost = pack.cost
+    world = cost.topology.num_gpus
+    loads = pack.loads()
+    busy = [g for g in range(len(pack.sizes)) if pack.count[g] > 0]
+    busy.sort(key=lambda g: (-pack.sizes[g], -loads[g], g))
+    out, offset = [], 0
+    for g in busy:
+        d = pack.sizes[g]
+        seqs = tuple(sorted(int(index[i]) for i in np.flatnonzero(pack.where == g)))
+        spec = cost.groups[d]
+        out.append(
+            GroupPlan(
+                ranks=tuple(range(offset, offset + d)),
+                sequences=seqs,
+                softmax_strategy=spec.softmax_strategy,
+                linear_strategy=spec.linear_strategy,
+                tokens=int(pack.tokens[g]),
+                predicted_s=float(loads[g]),
+                memory_bytes=float(spec.memory(int(pack.tokens[g]))),
+            )
+        )
+        offset += d
+    idle = cost.groups[1]
+    for r in range(offset, world):
+        out.append(
+            GroupPlan(
+                ranks=(r,),
+                sequences=(),
+                softmax_strategy=idle.softmax_strategy,
+                linear_strategy=idle.linear_strategy,
+                tokens=0,
+                predicted_s=0.0,
+                memory_bytes=float(cost.state_bytes),
+            )
+        )
+    return tuple(out)

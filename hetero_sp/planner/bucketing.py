@@ -1,0 +1,88 @@
+"""Group a batch's sequence lengths into a few buckets for the MILP, by dynamic programming.
+
+A bucket's width is measured as the tokens its sequences lack to its longest one,
+``sum(bucket_max - length)`` (the "token error" of rounding every sequence up); the DP picks
+the bucket borders among the sorted distinct lengths that minimise it, exactly. FlexSP reports
+<= 2.3% token error for DP bucketing against up to 22% with fixed bins. (The MILP then prices a
+bucket's sequences at their mean length and admits a bucket to a group size only when its
+longest sequence fits.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Buckets:
+    values: tuple[int, ...]
+    """Each bucket's length (its longest member), ascending."""
+    members: tuple[tuple[int, ...], ...]
+    """Indices (into the input lengths) of each bucket's sequences."""
+    added_tokens: int
+    """Tokens the rounding adds over all sequences."""
+    total_tokens: int
+
+    @property
+    def counts(self) -> tuple[int, ...]:
+        return tuple(len(m) for m in self.members)
+
+    @property
+    def token_error(self) -> float:
+        """Added tokens as a fraction of the batch's tokens."""
+        return self.added_tokens / self.total_tokens
+
+
+def bucket_lengths(lengths: Sequence[int], max_buckets: int) -> Buckets:
+    """Optimal bucketing of ``lengths`` into at most ``max_buckets`` buckets."""
+    if max_buckets < 1:
+        raise ValueError(f"max_buckets must be >= 1, got {max_buckets}")
+    if len(lengths) == 0:
+        raise ValueError("cannot bucket an empty batch")
+    arr = np.asarray(lengths, dtype=np.int64)
+    distinct, inverse, counts = np.unique(arr, return_inverse=True, return_counts=True)
+    n = len(distinct)
+    k = min(max_buckets, n)
+    # cost[i, j]: tokens added when distinct lengths i..j (inclusive) form one bucket
+    cum_cnt = np.concatenate([[0], np.cumsum(counts)])
+    cum_tok = np.concatenate([[0], np.cumsum(counts * distinct)])
+    i = np.arange(n)[:, None]
+    j = np.arange(n)[None, :]
+    cnt = cum_cnt[j + 1] - cum_cnt[i]
+    tok = cum_tok[j + 1] - cum_tok[i]
+    cost = np.where(i <= j, cnt * distinct[None, :] - tok, np.iinfo(np.int64).max // 4)
+    # best[b, j]: least added tokens covering distinct lengths 0..j with b + 1 buckets
+    best = np.empty((k, n), dtype=np.int64)
+    prev = np.zeros((k, n), dtype=np.int64)
+    best[0] = cost[0]
+    for b in range(1, k):
+        # last bucket is i..j, the first b buckets cover 0..i-1
+        cand = best[b - 1][:-1, None] + cost[1:, :]
+        arg = np.argmin(cand, axis=0)
+        best[b] = cand[arg, np.arange(n)]
+        prev[b] = arg + 1
+        best[b, :b] = best[b - 1, :b]  # fewer lengths than buckets: keep the b-bucket optimum
+        prev[b, :b] = -1
+    borders = []
+    b, j_end = k - 1, n - 1
+    while b >= 0 and j_end >= 0:
+        start = int(prev[b, j_end]) if b > 0 else 0
+        if start < 0:  # this prefix used fewer buckets
+            b -= 1
+            continue
+        borders.append((start, j_end))
+        j_end, b = start - 1, b - 1
+    borders.reverse()
+    bucket_of_distinct = np.empty(n, dtype=np.int64)
+    for idx, (lo, hi) in enumerate(borders):
+        bucket_of_distinct[lo : hi + 1] = idx
+    seq_bucket = bucket_of_distinct[inverse]
+    members = tuple(
+        tuple(int(x) for x in np.flatnonzero(seq_bucket == b)) for b in range(len(borders))
+    )
+    values = tuple(int(distinct[hi]) for _, hi in borders)
+    added = int(sum(values[seq_bucket[t]] - arr[t] for t in range(len(arr))))
+    return Buckets(values=values, members=members, added_tokens=added, total_tokens=int(arr.sum()))

@@ -1,0 +1,271 @@
+"""What a group of d GPUs costs for a packed stream of documents: time and memory per GPU.
+
+A group of size d running documents of lengths s_i (one packed stream) takes
+
+    time(d) = fixed(d) + sum_i (quad(d) * s_i**2 + per_token(d) * s_i)
+
+- compute: every block's profiled ``a2 s^2 + a1 s`` divided by d (Ulysses splits heads, the
+  all-gather K/V head-tail layout and linear attention split tokens evenly);
+- communication per token: the softmax strategy's bytes from ``hetero_sp.parallel.comm`` over
+  the group's collective bandwidth, for every S layer;
+- fixed(d): per-block launch overheads, collective latencies, and the linear-attention state
+  exchange (LASP-2 all-gather or ZeCO chain), which does not depend on the stream length, plus
+  the worst-case padding of the stream (d - 1 tokens, 2d - 1 for the zigzag layout).
+
+Memory per GPU = model states (ZeRO-stage aware) + activations of the rank's stream tokens
+(stream / d) + the strategy's extras (all-gather K/V holds every S layer's gathered K and V of
+the whole stream for the backward). Both are linear in the stream's tokens, so the MILP can use
+them directly. Per group size the cheaper allowed strategy of each layer kind is chosen once:
+their traffic is linear in tokens, so the ranking does not depend on which documents run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from hetero_sp.config import ModelConfig
+from hetero_sp.parallel.comm import (
+    allgather_kv_bytes,
+    lasp2_bytes,
+    ulysses_bytes,
+    zeco_bytes,
+)
+from hetero_sp.planner.memory import (
+    activation_bytes_per_token,
+    count_params,
+    model_state_bytes,
+)
+from hetero_sp.planner.profile import Profile
+from hetero_sp.planner.topology import Link, Topology
+
+SOFTMAX_STRATEGIES = ("ulysses", "allgather_kv")
+LINEAR_STRATEGIES = ("lasp2", "zeco")
+GiB = 2**30
+_REF_TOKENS = 1 << 20  # per-rank tokens at which per-token byte counts are taken (exact division)
+_ULYSSES_CALLS = 4  # all-to-alls per S layer: q/k/v in and o out, forward and backward
+_ZECO_BLOCKS = 4  # K blocks ZeCO pipelines the state in
+
+
+def ulysses_allowed(model: ModelConfig, size: int) -> bool:
+    """Ulysses shards query heads over the group, so they must divide evenly."""
+    return model.num_heads % size == 0
+
+
+@dataclass(frozen=True)
+class GroupCost:
+    """Everything the planner needs to price a group of ``size`` GPUs."""
+
+    size: int
+    softmax_strategy: str
+    linear_strategy: str
+    fixed_s: float
+    per_token_s: float
+    per_token2_s: float
+    mem_fixed_bytes: float
+    mem_per_token_bytes: float
+    max_tokens: int
+    """Stream tokens the group can hold within the memory limit."""
+
+    def seq_time(self, tokens: float) -> float:
+        return self.per_token2_s * tokens * tokens + self.per_token_s * tokens
+
+    def time(self, lengths: Sequence[int]) -> float:
+        return self.fixed_s + sum(self.seq_time(s) for s in lengths)
+
+    def memory(self, stream_tokens: int) -> float:
+        return self.mem_fixed_bytes + self.mem_per_token_bytes * stream_tokens
+
+
+class CostModel:
+    """Prices groups for one model, profile, cluster and training setup."""
+
+    def __init__(
+        self,
+        profile: Profile,
+        topology: Topology,
+        *,
+        zero_stage: int = 1,
+        softmax_strategies: Sequence[str] = SOFTMAX_STRATEGIES,
+        linear_strategies: Sequence[str] = LINEAR_STRATEGIES,
+        max_group_size: int | None = None,
+        model: ModelConfig | None = None,
+    ) -> None:
+        self.profile, self.topology = profile, topology
+        self.model = model or profile.model
+        for key in ("dim", "num_heads", "num_kv_heads", "ffn_dim", "vocab_size"):
+            if getattr(self.model, key) != getattr(profile.model, key):
+                raise ValueError(
+                    f"the profile {profile.label!r} was measured with model.{key}="
+                    f"{getattr(profile.model, key)}, the model has {getattr(self.model, key)}; "
+                    "re-run `hetero-sp profile` with this model"
+                )
+        for name, allowed, known in (
+            ("softmax", softmax_strategies, SOFTMAX_STRATEGIES),
+            ("linear", linear_strategies, LINEAR_STRATEGIES),
+        ):
+            bad = [s for s in allowed if s not in known]
+            if bad or not allowed:
+                raise ValueError(f"{name} strategies {list(allowed)}: pick from {known}")
+        if max_group_size is not None and max_group_size < 1:
+            raise ValueError(f"max_group_size must be >= 1, got {max_group_size}")
+        self.zero_stage = zero_stage
+        self.softmax_strategies = tuple(softmax_strategies)
+        self.linear_strategies = tuple(linear_strategies)
+        self.elem_bytes = profile.elem_bytes
+        self.num_params = count_params(self.model)
+        self.state_bytes = model_state_bytes(
+            self.num_params, zero_stage, topology.num_gpus, profile.precision
+        )
+        self.act_bytes = profile.activation_bytes_per_token or activation_bytes_per_token(
+            self.model, self.elem_bytes
+        )
+        self.memory_limit_bytes = topology.usable_memory_bytes
+        if self.state_bytes >= self.memory_limit_bytes:
+            raise ValueError(
+                f"model states alone need {self.state_bytes / GiB:.2f} GiB per GPU at ZeRO stage "
+                f"{zero_stage}, more than the {self.memory_limit_bytes / GiB:.2f} GiB available; "
+                "raise the ZeRO stage or use GPUs with more memory"
+            )
+        self.groups: dict[int, GroupCost] = {}
+        for d in topology.group_sizes(max_group_size):
+            cost = self._group(d)
+            if cost is not None:
+                self.groups[d] = cost
+        self.sizes = tuple(sorted(self.groups))
+
+    def link(self, kind: str, size: int) -> Link:
+        measured = self.profile.collectives.get(kind, {})
+        if size in measured:
+            return measured[size]
+        derived = self.topology.derived_link(kind, size)
+        if derived is None:
+            raise ValueError(
+                f"profile {self.profile.label!r} has no {kind} timing for groups of {size} ranks "
+                f"(measured sizes: {sorted(measured) or 'none'}) and the topology has no links "
+                f"to derive it from; re-run `hetero-sp profile` under torchrun with at least "
+                f"{size} ranks, or plan with a max_group_size below {size}"
+            )
+        return derived
+
+    def _softmax_options(self, d: int) -> list[tuple[str, float, float, float]]:
+        """(strategy, seconds per stream token, latency per layer, extra bytes per token)."""
+        m, eb = self.model, self.elem_bytes
+        out = []
+        for name in self.softmax_strategies:
+            if name == "ulysses":
+                if not ulysses_allowed(m, d):
+                    continue
+                cb = ulysses_bytes(_REF_TOKENS, d, m.num_heads, m.num_kv_heads, m.head_dim, eb)
+                link, calls, extra = self.link("all_to_all", d), _ULYSSES_CALLS, 0.0
+            else:
+                cb = allgather_kv_bytes(_REF_TOKENS, d, m.num_kv_heads, m.head_dim, eb)
+                link, calls = self.link("all_gather", d), 2
+                extra = 2 * m.num_kv_heads * m.head_dim * eb * (d - 1) / d
+            per_token = (cb.fwd_send + cb.bwd_send) / (_REF_TOKENS * d) / link.bandwidth_Bps
+            out.append((name, per_token, calls * link.latency_s, extra))
+        return out
+
+    def _linear_options(self, d: int) -> list[tuple[str, float]]:
+        """(strategy, seconds per layer) of the state exchange, forward and backward."""
+        m, eb = self.model, self.elem_bytes
+        out = []
+        for name in self.linear_strategies:
+            if name == "lasp2":
+                cb = lasp2_bytes(d, m.num_heads, m.head_dim, m.head_dim, eb)
+                out.append((name, 2 * self.link("all_gather", d).time(cb.fwd_send)))
+            else:
+                one = zeco_bytes(0, d, m.num_heads, m.head_dim, m.head_dim, eb).fwd_send
+                hop = self.link("send_recv", d).time(one / _ZECO_BLOCKS)
+                out.append((name, 2 * (_ZECO_BLOCKS + d - 2) * hop))
+        return out
+
+    def _group(self, d: int) -> GroupCost | None:
+        fits, layers = self.profile.compute, self.model.layers
+        num_s, num_l = layers.count("S"), layers.count("L")
+        compute_per_token = (
+            num_s * (fits["S"].a1 if num_s else 0)
+            + num_l * (fits["L"].a1 if num_l else 0)
+            + fits["head"].a1
+        ) / d
+        quad = num_s * fits["S"].a2 / d if num_s else 0.0
+        fixed = fits["head"].fixed + sum(fits[k].fixed for k in layers)
+        # A group of one rank runs the plain path: the strategies it names are never used.
+        if num_s and d > 1:
+            sm = self._softmax_options(d)
+            if not sm:
+                return None  # no allowed softmax strategy works at this size (Ulysses head limit)
+        else:
+            sm = [(self.softmax_strategies[0], 0.0, 0.0, 0.0)]
+        ln = self._linear_options(d) if num_l and d > 1 else [(self.linear_strategies[0], 0.0)]
+        lin_name, lin_time = min(ln, key=lambda o: o[1])
+        best = None
+        for name, comm_per_token, latency, extra in sm:
+            per_token = compute_per_token + num_s * comm_per_token
+            mem_token = self.act_bytes / d + num_s * extra
+            pad = (2 * d - 1) if name == "allgather_kv" and d > 1 else d - 1
+            mem_fixed = self.state_bytes + mem_token * pad
+            room = self.memory_limit_bytes - mem_fixed
+            max_tokens = int(room // mem_token) if room > 0 else 0
+            full = max(max_tokens, 1)
+            total = (
+                fixed
+                + num_s * latency
+                + num_l * lin_time
+                + per_token * (full + pad)
+                + quad * pad * pad
+            )
+            key = total / full  # seconds per token of a full group
+            if best is None or key < best[0]:
+                best = (
+                    key,
+                    GroupCost(
+                        size=d,
+                        softmax_strategy=name,
+                        linear_strategy=lin_name,
+                        fixed_s=fixed + num_s * latency + num_l * lin_time + per_token * pad,
+                        per_token_s=per_token,
+                        per_token2_s=quad,
+                        mem_fixed_bytes=mem_fixed,
+                        mem_per_token_bytes=mem_token,
+                        max_tokens=max_tokens,
+                    ),
+                )
+        return best[1]
+
+    def check_lengths(self, lengths: Sequence[int]) -> None:
+        """Raise ``ValueError`` for an empty batch, a non-positive length, or a sequence no
+        allowed group can hold."""
+        if len(lengths) == 0:
+            raise ValueError("the batch is empty: a step needs at least one sequence")
+        biggest = self.groups[self.sizes[-1]]
+        for i, s in enumerate(lengths):
+            if int(s) != s or s < 1:
+                raise ValueError(f"sequence {i} has length {s}; lengths must be integers >= 1")
+            if s > biggest.max_tokens:
+                need = biggest.memory(int(s))
+                raise ValueError(
+                    f"sequence {i} ({s} tokens) needs {need / GiB:.2f} GiB per GPU even on a "
+                    f"group of {biggest.size} GPUs (activations {biggest.mem_per_token_bytes * s / GiB:.2f}"
+                    f" GiB + model states {self.state_bytes / GiB:.2f} GiB), but "
+                    f"{self.memory_limit_bytes / GiB:.2f} GiB are available per GPU; cut it "
+                    "shorter, add GPUs, or use a higher ZeRO stage"
+                )
+
+    def min_size(self, tokens: int) -> int | None:
+        """Smallest allowed group size that can hold a stream of ``tokens`` tokens."""
+        return next((d for d in self.sizes if self.groups[d].max_tokens >= tokens), None)
+
+    def lower_bound(self, lengths: Sequence[int]) -> float:
+        """max(sum over sequences of the fewest GPU-seconds any group size gives it / GPUs,
+        the longest time any one sequence needs on its best group): no plan is faster."""
+        s = np.asarray(lengths, dtype=float)
+        work = np.full(len(s), np.inf)
+        single = np.full(len(s), np.inf)
+        for g in self.groups.values():
+            t = np.where(s <= g.max_tokens, g.per_token2_s * s * s + g.per_token_s * s, np.inf)
+            work = np.minimum(work, g.size * t)
+            single = np.minimum(single, g.fixed_s + t)
+        return float(max(work.sum() / self.topology.num_gpus, single.max()))

@@ -1,0 +1,162 @@
+"""Plan one micro-batch: bucket, warm start, MILP, assignment.
+
+1. Bucket the lengths (DP); the MILP prices a sequence at its bucket's mean length and admits a
+   bucket to a group size only when its longest sequence fits.
+2. Warm start, upper bound and fallback: the best homogeneous layout (one group size for all).
+   When it already meets the lower bound, no MILP runs.
+3. First MILP round with every size of many possible groups aggregated (fast), then its bucket
+   counts are assigned to concrete groups. If the assignment falls short of what the MILP
+   promised (the aggregation hides how sequences pack into groups), a second round models the
+   big sizes group by group (``explicit_slots``), warm-started from the best plan so far.
+4. The best concrete plan (true lengths) wins; ranks are placed last.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import numpy as np
+
+from hetero_sp.planner import assign
+from hetero_sp.planner.bucketing import Buckets, bucket_lengths
+from hetero_sp.planner.cost import CostModel
+from hetero_sp.planner.milp import MilpInput, SlotCounts, solve_milp
+from hetero_sp.planner.options import PlannerOptions
+from hetero_sp.planner.plan import MicroBatchPlan, SolverStats
+
+_FIRST_ROUND_SHARE = 0.5  # of the micro-batch's MILP time, for the aggregated first round
+
+
+def _milp_input(cost: CostModel, buckets: Buckets, means: tuple[int, ...]) -> MilpInput:
+    return MilpInput(
+        num_gpus=cost.topology.num_gpus,
+        sizes=cost.sizes,
+        fixed_s=tuple(cost.groups[d].fixed_s for d in cost.sizes),
+        max_tokens=tuple(cost.groups[d].max_tokens for d in cost.sizes),
+        values=buckets.values,
+        tokens=means,
+        counts=buckets.counts,
+        times=np.array([[cost.groups[d].seq_time(v) for d in cost.sizes] for v in means]),
+    )
+
+
+def _as_slots(pack: assign.Packing, bucket_of: np.ndarray, num_buckets: int) -> tuple:
+    """The packing's busy groups as bucket counts."""
+    return tuple(
+        SlotCounts(
+            pack.sizes[g],
+            tuple(int(np.sum(bucket_of[pack.where == g] == k)) for k in range(num_buckets)),
+        )
+        for g in range(len(pack.sizes))
+        if pack.count[g] > 0
+    )
+
+
+def _milp_makespan(slots: tuple, inp: MilpInput) -> float:
+    """A plan's makespan as the MILP prices it (bucket mean lengths)."""
+    return max(
+        inp.fixed_s[inp.sizes.index(s.size)]
+        + float(inp.times[:, inp.sizes.index(s.size)] @ np.asarray(s.counts))
+        for s in slots
+    )
+
+
+def plan_micro_batch(
+    lengths: np.ndarray,
+    index: Sequence[int],
+    cost: CostModel,
+    options: PlannerOptions,
+    time_limit_s: float | None = None,
+) -> MicroBatchPlan:
+    """Plan one micro-batch (``lengths`` are its sequences, ``index`` their batch indices)."""
+    start = time.perf_counter()
+    deadline = start + (time_limit_s or options.time_limit_s)
+    lb = cost.lower_bound(lengths)
+    buckets = bucket_lengths(lengths, options.num_buckets)
+    means = tuple(int(round(float(np.mean(lengths[list(m)])))) for m in buckets.members)
+    bucket_of = np.empty(len(lengths), dtype=np.int64)
+    rounded = np.empty(len(lengths), dtype=np.int64)
+    for k, members in enumerate(buckets.members):
+        bucket_of[list(members)] = k
+        rounded[list(members)] = means[k]
+    inp = _milp_input(cost, buckets, means)
+
+    best, warm = None, None  # best: true lengths; warm: its layout over bucket means
+    for d in cost.sizes:
+        if int(lengths.max()) > cost.groups[d].max_tokens:
+            continue
+        pack = assign.homogeneous(rounded, cost, d, improve_rounds=0)
+        if pack is not None and (warm is None or pack.makespan < warm.makespan):
+            warm = pack
+    if warm is not None:
+        best = assign.homogeneous(lengths, cost, warm.sizes[0], options.improve_rounds)
+    stats = dict(solver="homogeneous", status="no MILP", objective_s=None, bound_s=None, gap=None)
+    notes = []
+    if cost.topology.num_gpus == 1:
+        notes.append("one GPU: nothing to plan")
+    elif best is not None and best.makespan <= lb * (1 + options.rel_gap):
+        notes.append("the homogeneous plan meets the lower bound; no MILP needed")
+    else:
+        warm_slots = _as_slots(warm, bucket_of, len(means)) if warm is not None else None
+        for round_, slots in enumerate(sorted({0, options.explicit_slots})):
+            left = deadline - time.perf_counter()
+            if round_ and left <= 0:
+                notes.append("no time left for the second MILP round")
+                break
+            share = _FIRST_ROUND_SHARE if round_ == 0 and options.explicit_slots else 1.0
+            result = solve_milp(
+                inp,
+                upper_bound=_milp_makespan(warm_slots, inp) if warm_slots else _safe_upper(inp),
+                warm=warm_slots,
+                explicit_slots=slots,
+                time_limit_s=max(options.min_time_limit_s, left * share),
+                rel_gap=options.rel_gap,
+                threads=options.threads,
+                solver=options.solver,
+            )
+            if result is None:
+                notes.append(f"round {round_ + 1}: the MILP found no better solution in time")
+                continue
+            bounds = [b for b in (stats["bound_s"], result.bound) if b is not None]
+            stats = dict(
+                solver=result.solver,
+                status=result.status,
+                objective_s=result.objective,
+                bound_s=max(bounds) if bounds else None,
+                gap=result.gap,
+            )
+            pack = assign.realize(lengths, cost, buckets, result, options.improve_rounds)
+            if pack is not None and (best is None or pack.makespan < best.makespan):
+                best = pack
+                warm_slots = _as_slots(best, bucket_of, len(means))
+            else:
+                notes.append(f"round {round_ + 1}: assigned, no better than the plan before")
+            if pack is not None and pack.makespan <= result.objective * (1 + options.rel_gap):
+                break  # the assignment delivered what the model promised
+    if best is None:  # the bucket means left no room: any true-length layout
+        packs = [assign.homogeneous(lengths, cost, d, options.improve_rounds) for d in cost.sizes]
+        best = min((p for p in packs if p is not None), key=lambda p: p.makespan, default=None)
+        notes.append("kept the best homogeneous plan")
+    if best is None:
+        raise ValueError(
+            "no plan fits this micro-batch in memory; a planner bug, since the micro-batch "
+            "split accepted it"
+        )
+    return MicroBatchPlan(
+        groups=assign.group_plans(best, index),
+        makespan_s=best.makespan,
+        lower_bound_s=lb,
+        solver=SolverStats(
+            **stats,
+            solve_s=time.perf_counter() - start,
+            num_buckets=len(buckets.values),
+            token_error=buckets.token_error,
+            note="; ".join(notes),
+        ),
+    )
+
+
+def _safe_upper(inp: MilpInput) -> float:
+    """A makespan no feasible solution exceeds: every sequence at its slowest, one group."""
+    return float(np.sum(np.max(inp.times, axis=1) * np.asarray(inp.counts))) + max(inp.fixed_s)

@@ -1,0 +1,280 @@
+"""The MILP over bucket counts: how many groups of each size, which buckets run where, and the
+makespan C to minimise. Built with pulp; solved by HiGHS through highspy where installed, CBC
+otherwise (:func:`make_solver` is the only place a solver is named).
+
+Group sizes with few possible groups (at most ``explicit_slots``: the big ones) get one slot per
+possible group, each with its own bucket counts, load <= C and memory limit: exact. Sizes with
+many possible groups (the small ones, which run the many short sequences) are aggregated: a
+group count n_d and bucket counts y_kd, whose load must fit n_d groups of capacity C. The product
+n_d * C is linearised through the binary expansion of n_d; packing the class's sequences into
+its n_d groups is left to :mod:`hetero_sp.planner.assign`, so the class is "fluid" here. Cuts
+keep the fluid classes honest: a bucket may use a class only if one item fits under C; and
+items too big (in time or memory) for m + 1 to share a group are at most m per group. A total
+work cut (sum of GPU-seconds <= N * C) makes the LP bound at least total work / GPUs.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import pulp
+
+SOLVERS = ("auto", "highs", "cbc")
+
+
+@dataclass(frozen=True)
+class MilpInput:
+    num_gpus: int
+    sizes: tuple[int, ...]
+    fixed_s: tuple[float, ...]
+    """Per size: a group's fixed time."""
+    max_tokens: tuple[int, ...]
+    """Per size: stream tokens a group can hold."""
+    values: tuple[int, ...]
+    """Per bucket: its longest sequence (whether one sequence fits a group's memory)."""
+    tokens: tuple[int, ...]
+    """Per bucket: its mean length, the tokens one of its sequences adds to a group's stream."""
+    counts: tuple[int, ...]
+    """Per bucket: sequences in it."""
+    times: np.ndarray
+    """[bucket, size]: seconds one sequence of the bucket takes on a group of the size."""
+
+
+@dataclass(frozen=True)
+class SlotCounts:
+    """One group of the solution: its size and how many sequences of each bucket it runs."""
+
+    size: int
+    counts: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class MilpResult:
+    groups: tuple[SlotCounts, ...]
+    """Groups of the exactly modelled (explicit) sizes."""
+    fluid: tuple[tuple[int, int, tuple[int, ...]], ...]
+    """(size, number of groups, bucket counts of the whole class) of the aggregated sizes."""
+    objective: float
+    bound: float | None
+    gap: float | None
+    status: str
+    solver: str
+    solve_s: float
+
+
+class _HiGHSWarm(pulp.HiGHS):
+    """pulp's HiGHS API, handing the variables' initial values to HiGHS as a MIP start."""
+
+    def callSolver(self, lp):  # noqa: N802 - pulp's method name
+        variables = lp.variables()
+        start = [(v.index, v.varValue) for v in variables if v.varValue is not None]
+        if len(start) == len(variables):
+            idx = np.array([i for i, _ in start], dtype=np.int32)
+            val = np.array([x for _, x in start], dtype=np.float64)
+            lp.solverModel.setSolution(len(start), idx, val)
+        lp.solverModel.run()
+
+
+def _le(prob: pulp.LpProblem, terms: list, rhs: float = 0.0) -> None:
+    """Add sum(coef * var) <= rhs, building the expression directly (pulp's operator
+    overloading costs more than the solve on small models)."""
+    prob.addConstraint(pulp.LpConstraint(_expr(terms), pulp.LpConstraintLE, rhs=rhs))
+
+
+def _expr(terms: list) -> pulp.LpAffineExpression:
+    merged: dict = {}
+    for var, coef in terms:  # a plain list would keep only the last coefficient of a variable
+        merged[var] = merged.get(var, 0.0) + coef
+    return pulp.LpAffineExpression(merged)
+
+
+def make_solver(name: str, time_limit_s: float, rel_gap: float, threads: int):
+    """The pulp solver object; ``auto`` is HiGHS when highspy is importable, else CBC.
+
+    pulp 3.3 calls the in-process highspy solver ``HiGHS`` (used here) and the one that runs a
+    ``highs`` executable ``HiGHS_CMD`` (not used: no binary is installed); CBC is the binary
+    bundled with pulp, ``PULP_CBC_CMD``."""
+    if name not in SOLVERS:
+        raise ValueError(f"solver {name!r} is unknown; allowed: {', '.join(SOLVERS)}")
+    highs_ok = pulp.HiGHS().available()
+    if name == "highs" and not highs_ok:
+        raise ValueError("solver 'highs' needs highspy (pip install highspy); or use 'cbc'")
+    if name == "highs" or (name == "auto" and highs_ok):
+        return "highs", _HiGHSWarm(
+            msg=False, timeLimit=time_limit_s, gapRel=rel_gap, threads=threads
+        )
+    cbc = getattr(pulp, "PULP_CBC_CMD", None) or pulp.COIN_CMD
+    solver = cbc(msg=False, timeLimit=time_limit_s, gapRel=rel_gap, threads=threads, warmStart=True)
+    return "cbc", solver
+
+
+def solve_milp(
+    inp: MilpInput,
+    *,
+    upper_bound: float,
+    warm: tuple[SlotCounts, ...] | None,
+    explicit_slots: int,
+    time_limit_s: float,
+    rel_gap: float,
+    threads: int = 1,
+    solver: str = "auto",
+) -> MilpResult | None:
+    """Solve; None when the model is infeasible (or no solution was found in time)."""
+    n, sizes, values, counts, tokens = inp.num_gpus, inp.sizes, inp.values, inp.counts, inp.tokens
+    nk, ub = len(values), upper_bound * (1 + 1e-6)  # slack for float sums of the same loads
+    prob = pulp.LpProblem("heterosp", pulp.LpMinimize)
+    ok = [
+        [
+            values[k] <= inp.max_tokens[j] and inp.times[k, j] + inp.fixed_s[j] <= ub
+            for j in range(len(sizes))
+        ]
+        for k in range(nk)
+    ]
+    lb = max(
+        min(
+            (inp.times[k, j] + inp.fixed_s[j] for j in range(len(sizes)) if ok[k][j]),
+            default=ub,
+        )
+        for k in range(nk)
+    )
+    makespan = pulp.LpVariable("C", lowBound=min(lb, ub), upBound=ub)
+    prob += makespan
+    neg_c = [(makespan, -1.0)]
+    placed = [[] for _ in range(nk)]  # per bucket: (variable, 1)
+    gpus, work = [], []  # terms of GPUs used and of GPU-seconds
+    slots: dict[int, list[tuple[pulp.LpVariable, dict[int, pulp.LpVariable]]]] = {}
+    fluid: dict[int, tuple[list, list, dict, dict]] = {}
+    for j, d in enumerate(sizes):
+        cap, fix = inp.max_tokens[j], float(inp.fixed_s[j])
+        t = {k: float(inp.times[k, j]) for k in range(nk) if ok[k][j]}
+        most = {k: min(counts[k], cap // tokens[k]) for k in t}
+        possible = n // d
+        if possible <= explicit_slots:
+            slots[j], prev = [], None
+            for s in range(possible):
+                used = pulp.LpVariable(f"u_{d}_{s}", cat="Binary")
+                x = {k: pulp.LpVariable(f"x_{k}_{d}_{s}", 0, most[k], cat="Integer") for k in t}
+                load = [(x[k], t[k]) for k in t] + [(used, fix)]
+                _le(prob, load + neg_c)
+                for k in t:
+                    _le(prob, [(x[k], 1.0), (used, -float(most[k]))])
+                    placed[k].append((x[k], 1.0))
+                _le(prob, [(x[k], float(tokens[k])) for k in t] + [(used, -float(cap))])
+                if prev is not None:  # symmetry: used slots first, heaviest first
+                    _le(prob, [(used, 1.0), (prev[0], -1.0)])
+                    _le(prob, load + [(v, -c) for v, c in prev[1]])
+                prev = (used, load)
+                slots[j].append((used, x))
+                work += [(v, d * c) for v, c in load]
+                gpus.append((used, float(d)))
+            continue
+        bits = max(1, int(possible).bit_length())
+        z = [pulp.LpVariable(f"z_{d}_{b}", cat="Binary") for b in range(bits)]
+        w = [pulp.LpVariable(f"w_{d}_{b}", 0, ub) for b in range(bits)]
+        y = {k: pulp.LpVariable(f"y_{k}_{d}", 0, counts[k], cat="Integer") for k in t}
+        on = {k: pulp.LpVariable(f"a_{k}_{d}", cat="Binary") for k in t}
+        count = [(z[b], float(1 << b)) for b in range(bits)]
+        _le(prob, count, possible)
+        for b in range(bits):
+            _le(prob, [(w[b], 1.0)] + neg_c)
+            _le(prob, [(w[b], 1.0), (z[b], -ub)])
+        load = [(y[k], t[k]) for k in t] + [(v, c * fix) for v, c in count]
+        _le(prob, load + [(w[b], -float(1 << b)) for b in range(bits)])
+        _le(prob, [(y[k], float(tokens[k])) for k in t] + [(v, -c * cap) for v, c in count])
+        for k in t:
+            _le(prob, [(y[k], 1.0), (on[k], -float(counts[k]))])
+            _le(prob, [(on[k], t[k] + fix)] + neg_c)
+            placed[k].append((y[k], 1.0))
+        for m in (1, 2, 3):
+            for big in (
+                [k for k in t if (m + 1) * t[k] + fix > ub],
+                [k for k in t if (m + 1) * tokens[k] > cap],
+            ):
+                if big:
+                    _le(prob, [(y[k], 1.0) for k in big] + [(v, -m * c) for v, c in count])
+        fluid[j] = (z, w, y, on)
+        work += [(v, d * c) for v, c in load]
+        gpus += [(v, d * c) for v, c in count]
+    for k in range(nk):
+        if not placed[k]:
+            return None
+        prob.addConstraint(pulp.LpConstraint(_expr(placed[k]), pulp.LpConstraintEQ, rhs=counts[k]))
+    _le(prob, gpus, n)
+    _le(prob, work + [(makespan, -float(n))])
+    if warm is not None:
+        _set_warm_start(warm, sizes, slots, fluid, makespan, inp, prob)
+    name, solver_obj = make_solver(solver, time_limit_s, rel_gap, threads)
+    start = time.perf_counter()
+    prob.solve(solver_obj)
+    solve_s = time.perf_counter() - start
+    if makespan.varValue is None or prob.status != pulp.LpStatusOptimal:
+        return None  # pulp says "Optimal" for any incumbent; the solution status tells which
+    bound = gap = None
+    status = "optimal" if prob.sol_status == pulp.LpSolutionOptimal else "time_limit"
+    if name == "highs":
+        info = prob.solverModel.getInfo()
+        bound, gap = float(info.mip_dual_bound), float(info.mip_gap)
+        if not (np.isfinite(bound) and np.isfinite(gap)):  # stopped before a bound was proven
+            bound = gap = None
+        text = prob.solverModel.modelStatusToString(prob.solverModel.getModelStatus())
+        status = "time_limit" if "time limit" in text.lower() else text.lower().replace(" ", "_")
+    groups = []
+    for j, slot_list in slots.items():
+        for used, x in slot_list:
+            if round(used.varValue or 0) == 1:
+                c = [0] * nk
+                for k, var in x.items():
+                    c[k] = round(var.varValue or 0)
+                groups.append(SlotCounts(sizes[j], tuple(c)))
+    fluid_out = []
+    for j, (z, _, y, _) in fluid.items():
+        num = sum((1 << b) * round(v.varValue or 0) for b, v in enumerate(z))
+        c = [0] * nk
+        for k, var in y.items():
+            c[k] = round(var.varValue or 0)
+        if num:
+            fluid_out.append((sizes[j], num, tuple(c)))
+    return MilpResult(
+        groups=tuple(groups),
+        fluid=tuple(fluid_out),
+        objective=float(makespan.varValue),
+        bound=bound,
+        gap=gap,
+        status=status,
+        solver=name,
+        solve_s=solve_s,
+    )
+
+
+def _set_warm_start(warm, sizes, slots, fluid, makespan, inp, prob) -> None:
+    """Initial values of every variable from a known plan (groups with bucket counts)."""
+    for var in prob.variables():
+        if var is not makespan:
+            var.setInitialValue(0)
+    loads = []
+    by_size: dict[int, list[SlotCounts]] = {}
+    for g in warm:
+        j = sizes.index(g.size)
+        load = inp.fixed_s[j] + sum(inp.times[k, j] * c for k, c in enumerate(g.counts))
+        loads.append(load)
+        by_size.setdefault(j, []).append((load, g))
+    makespan.setInitialValue(min(max(loads), makespan.upBound))
+    for j, entries in by_size.items():
+        entries.sort(key=lambda e: -e[0])  # the model orders a size's slots by load
+        if j in slots:
+            for (used, x), (_, g) in zip(slots[j], entries):
+                used.setInitialValue(1)
+                for k, var in x.items():
+                    var.setInitialValue(g.counts[k])
+        else:
+            z, w, y, on = fluid[j]
+            num = len(entries)
+            for b, (zb, wb) in enumerate(zip(z, w)):
+                zb.setInitialValue((num >> b) & 1)
+                wb.setInitialValue(makespan.varValue * ((num >> b) & 1))
+            total = [sum(g.counts[k] for _, g in entries) for k in range(len(inp.counts))]
+            for k, var in y.items():
+                var.setInitialValue(total[k])
+                on[k].setInitialValue(1 if total[k] else 0)

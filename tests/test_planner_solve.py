@@ -1,0 +1,188 @@
+"""The planner end to end: optimal on tiny instances (brute force), always valid on random ones,
+deterministic, and clear errors on bad input."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from hetero_sp.planner import PlannerOptions, plan_batch, validate_plan
+from hetero_sp.planner.cost import CostModel
+from hetero_sp.planner.simulate import homogeneous_plan
+from hetero_sp.planner.solve import split_micro_batches
+from tests.planner_common import brute_force, synthetic_cost, synthetic_profile
+
+# Exact settings: one MILP slot per possible group (no aggregated classes), one bucket per
+# distinct length, no early stop on the gap, and time enough to prove optimality.
+EXACT = PlannerOptions(
+    num_buckets=64, explicit_slots=64, rel_gap=0.0, time_limit_s=30.0, min_time_limit_s=30.0
+)
+FAST = PlannerOptions(time_limit_s=0.3, min_time_limit_s=0.05)
+
+
+def _instances():
+    """Random tiny batches that fit in one micro-batch (brute force models one)."""
+    rng = np.random.default_rng(7)
+    out = []
+    for world in (2, 3, 4):
+        for tokens_per_gpu in (600, 5000):
+            cost = synthetic_cost(world, tokens_per_gpu)
+            while sum(1 for w, t, _ in out if (w, t) == (world, tokens_per_gpu)) < 3:
+                lengths = [int(x) for x in rng.integers(20, 1100, int(rng.integers(2, 6)))]
+                if max(lengths) <= cost.groups[cost.sizes[-1]].max_tokens and (
+                    len(split_micro_batches(lengths, cost)) == 1
+                ):
+                    out.append((world, tokens_per_gpu, lengths))
+    return out
+
+
+@pytest.mark.parametrize("world,tokens_per_gpu,lengths", _instances())
+def test_tiny_instances_reach_the_brute_force_optimum(world, tokens_per_gpu, lengths):
+    cost = synthetic_cost(world, tokens_per_gpu)
+    plan = plan_batch(lengths, cost, EXACT)
+    best = brute_force(lengths, cost)
+    assert len(plan.micro_batches) == 1
+    # Both sides sum the same float costs in different orders.
+    assert plan.predicted_step_s == pytest.approx(best, rel=1e-9)
+
+
+def test_aggregated_classes_bound_the_optimum_from_below():
+    """With every size aggregated (fluid), the MILP objective is a relaxation: <= optimum."""
+    cost = synthetic_cost(4, 5000)
+    lengths = [900, 850, 400, 390, 120, 60]
+    fluid = dataclasses.replace(EXACT, explicit_slots=0)
+    plan = plan_batch(lengths, cost, fluid)
+    best = brute_force(lengths, cost)
+    (mb,) = plan.micro_batches
+    assert mb.solver.objective_s <= best * (1 + 1e-9)
+    assert plan.predicted_step_s >= best * (1 - 1e-9)
+
+
+def test_heterogeneous_groups_beat_every_homogeneous_layout():
+    # Linear compute and slow links: the long sequence needs 4 GPUs for memory and a group of 8
+    # would only add traffic between nodes; the short ones are cheapest without communication.
+    cost = synthetic_cost(8, tokens_per_gpu=5000, fit=dict(a2=0.0, intra_bw=1e7, inter_bw=1e6))
+    lengths = [12000] + [500] * 30
+    plan = plan_batch(lengths, cost, FAST)
+    (mb,) = plan.micro_batches
+    assert next(g for g in mb.groups if 0 in g.sequences).size == 4
+    for d in cost.sizes:
+        homogeneous = homogeneous_plan(lengths, cost, d)
+        assert homogeneous is None or plan.predicted_step_s < homogeneous.predicted_step_s
+
+
+def test_too_much_memory_for_one_micro_batch_splits_into_the_fewest():
+    cost = synthetic_cost(2, tokens_per_gpu=1000)
+    lengths = [900, 800, 600, 500, 400, 300]
+    plan = plan_batch(lengths, cost, FAST)
+    assert len(plan.micro_batches) == 2  # 3500 tokens; 2 GPUs hold 2000 at a time
+    assert sorted(i for mb in plan.micro_batches for g in mb.groups for i in g.sequences) == list(
+        range(len(lengths))
+    )
+    first = {i for g in plan.micro_batches[0].groups for i in g.sequences}
+    assert first == {0, 1}  # longest first, consecutive in length order
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    world=st.integers(1, 9),
+    tokens_per_gpu=st.integers(300, 3000),
+    lengths=st.lists(st.integers(1, 2500), min_size=1, max_size=24),
+    zero_stage=st.integers(0, 3),
+    explicit=st.sampled_from([0, 2, 16]),
+    softmax=st.sampled_from([("ulysses",), ("allgather_kv",), ("ulysses", "allgather_kv")]),
+)
+def test_random_batches_always_get_valid_plans(
+    world, tokens_per_gpu, lengths, zero_stage, explicit, softmax
+):
+    cost = synthetic_cost(world, tokens_per_gpu, zero_stage=zero_stage, softmax_strategies=softmax)
+    options = dataclasses.replace(FAST, explicit_slots=explicit)
+    biggest = cost.groups[cost.sizes[-1]].max_tokens
+    if max(lengths) > biggest:
+        with pytest.raises(ValueError, match=r"sequence \d+ \(\d+ tokens\) needs"):
+            plan_batch(lengths, cost, options)
+        return
+    plan = plan_batch(lengths, cost, options)
+    validate_plan(plan, cost)
+    for mb in plan.micro_batches:
+        assert mb.makespan_s >= mb.lower_bound_s * (1 - 1e-9)
+        assert mb.makespan_s == max(g.predicted_s for g in mb.groups)
+        for g in mb.groups:
+            if g.sequences and g.size > 1 and g.softmax_strategy == "ulysses":
+                assert cost.model.num_heads % g.size == 0
+    assert plan.predicted_step_s >= cost.lower_bound(lengths) * (1 - 1e-9)
+
+
+def _without_timings(plan) -> dict:
+    raw = plan.to_dict()
+    for mb in raw["micro_batches"]:
+        mb["solver"]["solve_s"] = 0.0
+    return raw
+
+
+def test_same_batch_same_plan():
+    cost = synthetic_cost(8, tokens_per_gpu=1500)
+    rng = np.random.default_rng(3)
+    lengths = [int(x) for x in rng.integers(10, 3000, 40)]
+    options = PlannerOptions(time_limit_s=30.0, min_time_limit_s=30.0)  # finishes, no cut-off
+    first, second = plan_batch(lengths, cost, options), plan_batch(lengths, cost, options)
+    assert json.dumps(_without_timings(first)) == json.dumps(_without_timings(second))
+
+
+@pytest.mark.parametrize(
+    "lengths,match",
+    [
+        ([], "the batch is empty"),
+        ([10, 0, 5], "sequence 1 has length 0"),
+        ([10, -3], "sequence 1 has length -3"),
+        ([10, 2.5], "sequence 1 has length 2.5"),
+        ([10, 10**6], r"sequence 1 \(1000000 tokens\) needs .* GiB per GPU even on a group of 4"),
+    ],
+)
+def test_bad_batches_raise_clear_errors(lengths, match):
+    with pytest.raises(ValueError, match=match):
+        plan_batch(lengths, synthetic_cost(4, 1000), FAST)
+
+
+def test_world_size_zero_is_refused():
+    profile = synthetic_profile()
+    with pytest.raises(ValueError, match="num_gpus .* must be >= 1, got 0"):
+        profile.topology(0)
+
+
+def test_a_group_size_the_profile_lacks_is_refused():
+    profile = dataclasses.replace(
+        synthetic_profile(), intra_node=None, inter_node=None, collectives={}
+    )
+    with pytest.raises(ValueError, match="no all_to_all timing for groups of 2 ranks"):
+        CostModel(profile, profile.topology(4))
+    capped = CostModel(profile, profile.topology(4), max_group_size=1)
+    assert capped.sizes == (1,)
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(num_buckets=0), "num_buckets"),
+        (dict(time_limit_s=0.01, min_time_limit_s=0.05), "min_time_limit_s"),
+        (dict(rel_gap=1.5), "rel_gap"),
+        (dict(solver="gurobi"), "solver 'gurobi' is unknown"),
+    ],
+)
+def test_bad_options_raise(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        PlannerOptions(**kwargs)
+
+
+@pytest.mark.parametrize("solver", ["highs", "cbc"])
+def test_both_solvers_give_the_optimum(solver):
+    cost = synthetic_cost(4, 5000)
+    lengths = [1000, 700, 650, 300, 80]
+    plan = plan_batch(lengths, cost, dataclasses.replace(EXACT, solver=solver))
+    assert plan.predicted_step_s == pytest.approx(brute_force(lengths, cost), rel=1e-9)
+    assert plan.micro_batches[0].solver.solver in (solver, "homogeneous")
