@@ -2,7 +2,7 @@
 
 Shape legend: s local sequence length, b micro-batch rows, t local tokens of a packed (THD)
 batch, T = b s (or t) local tokens in stream order, D hidden size, H query heads of this
-tensor-parallel rank, G key/value heads, E head dim.
+tensor-parallel rank, G key/value heads, E head dim, X any trailing shape.
 
 - :class:`HeteroSoftmaxCoreAttention` is a ``core_attention`` of Megatron's ``SelfAttention``:
   Megatron projects q, k, v and applies RoPE (CP-aware) and hands this module the local shard;

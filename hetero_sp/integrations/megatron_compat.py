@@ -128,13 +128,14 @@ class CPURNGTracker:
             torch.set_rng_state(outer)
 
 
-def _pos_emb_on_this_cp_rank(pos_emb_S: torch.Tensor, seq_dim: int, cp_group) -> torch.Tensor:
+def _pos_emb_on_this_cp_rank(pos_emb: torch.Tensor, seq_dim: int, cp_group) -> torch.Tensor:
     """Megatron's ``get_pos_emb_on_this_cp_rank`` with the index on the table's device: chunks
-    r and 2 CP - 1 - r of the 2 CP chunks along ``seq_dim``."""
+    r and 2 CP - 1 - r of the 2 CP chunks along ``seq_dim`` (the rotary table is
+    [positions, 1, 1, rotary dim])."""
     cp_size, cp_rank = cp_group.size(), cp_group.rank()
-    index = torch.tensor([cp_rank, 2 * cp_size - 1 - cp_rank], device=pos_emb_S.device)
-    shape = pos_emb_S.shape
-    chunks = pos_emb_S.view(*shape[:seq_dim], 2 * cp_size, -1, *shape[seq_dim + 1 :])
+    index = torch.tensor([cp_rank, 2 * cp_size - 1 - cp_rank], device=pos_emb.device)
+    shape = pos_emb.shape
+    chunks = pos_emb.view(*shape[:seq_dim], 2 * cp_size, -1, *shape[seq_dim + 1 :])
     mine = chunks.index_select(seq_dim, index)
     return mine.view(*shape[:seq_dim], -1, *shape[seq_dim + 1 :])
 
