@@ -101,15 +101,44 @@ class ModelConfig:
 class ParallelConfig:
     """How sequences are spread over ranks and which kernels run attention."""
 
-    sp_mode: str = "dp"
-    """dp: every rank trains its own whole sequences (sequence-parallel degree 1)."""
+    sp_mode: str = "hetero"
+    """hetero: the planner's mixed group sizes per batch; homogeneous: the best single group size
+    per batch; static: sp_degree for every sequence (DeepSpeed-Ulysses style); dp: static with
+    sp_degree 1 (every rank trains whole sequences)."""
+    sp_degree: int = 1
+    """Group size of the static mode: a power of two dividing the world size."""
+    softmax_sp: str = "auto"
+    """S layers across a group: ulysses, allgather_kv, or auto (the cost model picks per group)."""
+    linear_sp: str = "auto"
+    """L layers across a group: lasp2, zeco, or auto (the cost model picks per group)."""
+    node_size: int = 0
+    """Ranks per machine (groups up to this size stay inside one machine); 0: torchrun's
+    LOCAL_WORLD_SIZE."""
     linear_backend: str = "auto"
     """Linear-attention kernels: auto (triton on CUDA, torch otherwise), torch or triton."""
     softmax_backend: str = "auto"
     """Softmax attention: auto (flash-attn varlen when importable on CUDA, else torch), flash, torch."""
 
     def __post_init__(self) -> None:
-        _choice(self.sp_mode, ("dp",), "parallel", "sp_mode")
+        s = "parallel"
+        _choice(self.sp_mode, ("hetero", "homogeneous", "static", "dp"), s, "sp_mode")
+        _require(
+            self.sp_degree >= 1 and self.sp_degree & (self.sp_degree - 1) == 0,
+            s,
+            "sp_degree",
+            f"must be a power of two (1, 2, 4, ...), got {self.sp_degree}",
+        )
+        _require(
+            self.sp_mode == "static" or self.sp_degree == 1,
+            s,
+            "sp_degree",
+            f"is only used with parallel.sp_mode=static (sp_mode is {self.sp_mode!r})",
+        )
+        _choice(self.softmax_sp, ("auto", "ulysses", "allgather_kv"), s, "softmax_sp")
+        _choice(self.linear_sp, ("auto", "lasp2", "zeco"), s, "linear_sp")
+        _require(
+            self.node_size >= 0, s, "node_size", "must be >= 0 (0: torchrun's LOCAL_WORLD_SIZE)"
+        )
         _choice(self.linear_backend, ("auto", "torch", "triton"), "parallel", "linear_backend")
         _choice(self.softmax_backend, ("auto", "flash", "torch"), "parallel", "softmax_backend")
 
@@ -293,11 +322,36 @@ class TrainConfig:
 
 
 @dataclass(kw_only=True, frozen=True)
+class PlannerConfig:
+    """The per-step planner: cost profile, memory and solver budget."""
+
+    profile: str = "configs/profiles/cpu-gloo.json"
+    """Cost profile written by `hetero-sp profile` (a profile of another model size is rescaled by
+    FLOPs, with a warning)."""
+    memory_gb: float = 0.0
+    """Memory per rank the plan may fill, GiB; 0: the profile's device memory."""
+    time_limit_s: float = 0.5
+    """Wall-clock budget of one step's MILP solve; the best plan found by then is used."""
+    num_buckets: int = 16
+    """Length buckets of the MILP (dynamic-programming bucketing)."""
+    run_ahead: bool = True
+    """Solve step i+1's plan on a background thread while step i trains."""
+
+    def __post_init__(self) -> None:
+        s = "planner"
+        _require(self.profile != "", s, "profile", "give the path of a profile JSON file")
+        _require(self.memory_gb >= 0, s, "memory_gb", "must be >= 0 (0: the profile's memory)")
+        _require(self.time_limit_s > 0, s, "time_limit_s", "must be positive")
+        _require(self.num_buckets >= 1, s, "num_buckets", "must be >= 1")
+
+
+@dataclass(kw_only=True, frozen=True)
 class Config:
     """A whole run."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    planner: PlannerConfig = field(default_factory=PlannerConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

@@ -3,8 +3,8 @@
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from hetero_sp.engine.flops import _per_token_linear_flops, forward_flops, training_flops
 from hetero_sp.model import PackedSeqs
+from hetero_sp.model.flops import _per_token_linear_flops, forward_flops, training_flops
 from tests.common import tiny_config, tiny_model
 
 

@@ -31,6 +31,9 @@ def deepspeed_config(cfg: Config) -> dict:
         "bf16": {"enabled": cfg.train.precision == "bf16"},
         "zero_allow_untested_optimizer": True,
         "steps_per_print": 2**31 - 1,
+        # The trainer owns the accumulation boundary: backward() accumulates, step() reduces
+        # and updates, however many micro-batches the step's plan has.
+        "managed_gradient_accumulation": False,
         "wall_clock_breakdown": False,
     }
 

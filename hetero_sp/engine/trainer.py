@@ -5,35 +5,32 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
 from hetero_sp.config import Config, ConfigError
-from hetero_sp.data.batch import GlobalBatch, balance_over_ranks
 from hetero_sp.data.dataset import open_corpus
 from hetero_sp.data.samplers import build_sampler
 from hetero_sp.distributed import DistInfo
 from hetero_sp.engine import checkpoint as ckpt_io
 from hetero_sp.engine import deepspeed_engine
-from hetero_sp.engine.loss import backward_scale, token_loss_sum
 from hetero_sp.engine.metrics import MetricsWriter, peak_memory_bytes
+from hetero_sp.engine.planning import build_cost_model, make_plan_fn
+from hetero_sp.engine.step import group_times, imbalance, run_step
 from hetero_sp.log import get_logger
-from hetero_sp.model import HybridLM, PackedSeqs
+from hetero_sp.model import HybridLM
+from hetero_sp.model.flops import device_peak_flops, measure_matmul_flops, training_flops
+from hetero_sp.parallel import SPContext
+from hetero_sp.parallel.comm import COMM
+from hetero_sp.parallel.groups import build_group_pool
+from hetero_sp.planner.ahead import PlanAhead, broadcast_share
 
 logger = get_logger(__name__)
-
-
-def _pack(
-    sequences: list[np.ndarray], device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
-    inputs = torch.from_numpy(np.concatenate([s[:-1] for s in sequences])).to(device)
-    labels = torch.from_numpy(np.concatenate([s[1:] for s in sequences])).to(device)
-    return inputs, labels, [len(s) - 1 for s in sequences]
 
 
 class Trainer:
@@ -67,10 +64,24 @@ class Trainer:
                 )
             self.start_step = resume.step
             logger.info("resumed from %s at step %d", resume.path, resume.step)
+        self._cpu_group = dist.new_group(backend="gloo") if info.backend != "gloo" else None
+        self._setup_parallel()
+        self.peak_flops = self._peak_flops()
         self.metrics = MetricsWriter(self.out_dir, enabled=self.is_main)
         if self.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             (self.out_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
+
+    def _peak_flops(self) -> float:
+        """Peak FLOP/s of the whole run: the datasheet value of a known GPU, or a matrix product
+        timed on every rank at once (CPU ranks share cores, so their sum is the machine's)."""
+        peak = device_peak_flops(self.info.device, self.cfg.train.precision)
+        if peak is None:
+            dist.barrier()
+            peak = measure_matmul_flops(self.info.device)
+        total = torch.tensor([peak], dtype=torch.float64)
+        dist.all_reduce(total)
+        return total.item()
 
     def _open_corpus(self):
         """Rank 0 opens (and on first use prepares) the dataset before the other ranks do."""
@@ -116,43 +127,115 @@ class Trainer:
                     f"train.out_dir or train.resume=false to start over"
                 )
 
-    def _batch_share(self, batch: GlobalBatch) -> list[np.ndarray]:
-        """This rank's sequences; only their tokens are read."""
-        assignment = balance_over_ranks(batch.lengths, self.info.world_size)
-        return batch.materialize(assignment[self.info.rank])
+    def _setup_parallel(self) -> None:
+        """Group pool (collective, once), cost model, plan function and the run-ahead worker."""
+        cfg, info = self.cfg, self.info
+        node_size = cfg.parallel.node_size or int(
+            os.environ.get("LOCAL_WORLD_SIZE", info.world_size)
+        )
+        self.pool = build_group_pool(
+            info.world_size, node_size if node_size < info.world_size else None
+        )
+        self.cost = build_cost_model(
+            cfg, info.world_size, min(node_size, info.world_size), log=self.is_main
+        )
+        plan_fn = make_plan_fn(cfg, self.cost)
+        self.ahead = PlanAhead(
+            plan_fn, is_solver=self.is_main, share=broadcast_share(group=self._cpu_group, src=0)
+        )
+        if self.is_main:
+            logger.info(
+                "topology: %d ranks, %d per node; SP group sizes %s; plan mode %s",
+                info.world_size,
+                node_size,
+                ",".join(map(str, self.pool.sizes)),
+                cfg.parallel.sp_mode,
+            )
+
+    def _context_for(self, group, layout) -> SPContext:
+        return self.pool.get(group.ranks[0], len(group.ranks)).context(
+            self.info.rank, layout, group.softmax_strategy, group.linear_strategy
+        )
+
+    def _submit(self, step: int) -> None:
+        if step < self.cfg.train.steps:
+            self.ahead.submit(step, self.sampler.batch(step).lengths)
 
     def train_step(self, step: int) -> dict[str, float]:
         cfg, info = self.cfg, self.info
         t0 = time.perf_counter()
         batch = self.sampler.next_batch()
-        assert batch.step == step, f"sampler at step {batch.step}, training step {step}"
-        inputs, labels, lengths = _pack(self._batch_share(batch), info.device)
-        seqs = PackedSeqs.from_lengths(lengths, info.device)
-
-        logits = self.engine(inputs, seqs)
-        loss_sum = token_loss_sum(logits, labels)
-        self.engine.backward(loss_sum * backward_scale(batch.num_tokens, info.world_size))
+        if batch.step != step:
+            raise RuntimeError(f"sampler at step {batch.step}, training step {step}")
+        if cfg.planner.run_ahead:
+            self._submit(step + 1)  # solved on a background thread while this step trains
+        plan = self.ahead.get(step)
+        t_plan = time.perf_counter()
+        COMM.reset()
+        out = run_step(
+            self.engine,
+            batch,
+            plan,
+            info.rank,
+            info.world_size,
+            self._context_for,
+            cfg.model.layers,
+            info.device,
+        )
         lr = deepspeed_engine.lr_at(step, cfg.optim, cfg.train.steps)
         deepspeed_engine.set_lr(self.engine.optimizer, lr)
         self.engine.step()
+        if not cfg.planner.run_ahead:
+            self._submit(step + 1)
+        seconds = time.perf_counter() - t0
 
-        totals = torch.tensor([loss_sum.item(), float(labels.numel())], dtype=torch.float64)
-        dist.all_reduce(totals)
+        sums = torch.tensor(
+            [out.loss_sum, out.labels, out.padding_tokens, COMM.total()], dtype=torch.float64
+        )
+        dist.all_reduce(sums)
         peak = torch.tensor([peak_memory_bytes(info.device)], dtype=torch.float64)
         dist.all_reduce(peak, op=dist.ReduceOp.MAX)
-        seconds = time.perf_counter() - t0
+        per_rank = torch.zeros(info.world_size, len(plan.micro_batches), dtype=torch.float64)
+        per_rank[info.rank] = torch.tensor(out.micro_batch_s, dtype=torch.float64)
+        dist.all_reduce(per_rank)
+        measured = group_times(plan, per_rank)
+        if self.is_main:
+            self._log_plan(step + 1, plan, measured)
         grad_norm = self.engine.get_global_grad_norm()
-        return {
-            "loss/train": totals[0].item() / totals[1].item(),
+        timing = self.ahead.timings.get(step)
+        flops = training_flops(cfg.model, batch.lengths)
+        metrics = {
+            "loss/train": sums[0].item() / sums[1].item(),
             "optim/lr": lr,
             "optim/grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
             "throughput/tokens_per_s": batch.num_tokens / seconds,
-            "throughput/step_s": seconds,
+            "throughput/mfu": flops / seconds / self.peak_flops,
+            "time/step_s": seconds,
+            "time/plan_wait_s": t_plan - t0,
+            "time/measured_makespan_s": sum(max(row) for row in measured),
+            "plan/predicted_step_s": plan.predicted_step_s,
+            "plan/solve_ms": plan.solve_s * 1e3,
+            "plan/micro_batches": len(plan.micro_batches),
+            "plan/max_group_size": max(
+                g.size for mb in plan.micro_batches for g in mb.groups if g.sequences
+            ),
+            "plan/imbalance": imbalance(plan, measured),
+            "comm/bytes": int(sums[3].item()),
+            "padding/tokens": int(sums[2].item()),
+            "padding/fraction": sums[2].item() / batch.num_tokens,
             "batch/tokens": batch.num_tokens,
             "batch/sequences": len(batch),
             "batch/max_len": max(batch.lengths),
             "memory/peak_bytes_max_rank": int(peak.item()),
         }
+        if timing is not None:
+            metrics["plan/wait_ms"] = timing.wait_s * 1e3
+        return metrics
+
+    def _log_plan(self, step: int, plan, measured: list[list[float]]) -> None:
+        record = {"step": step, "plan": plan.to_dict(), "measured_group_s": measured}
+        with open(self.out_dir / "plans.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
 
     def save(self, step: int) -> Path:
         meta = {
@@ -175,6 +258,8 @@ class Trainer:
             dynamic_ncols=True,
         )
         last_ckpt = None
+        if self.start_step < cfg.train.steps:
+            self._submit(self.start_step)
         for step in bar:
             m = self.train_step(step)
             if (step + 1) % cfg.train.log_every == 0 or step + 1 == cfg.train.steps:
@@ -185,6 +270,7 @@ class Trainer:
             if cfg.train.ckpt_every and (step + 1) % cfg.train.ckpt_every == 0:
                 last_ckpt = self.save(step + 1)
         bar.close()
+        self.ahead.close()
         if last_ckpt is None or not last_ckpt.name.endswith(f"{cfg.train.steps:08d}"):
             last_ckpt = self.save(cfg.train.steps)
         self.metrics.close()

@@ -58,9 +58,12 @@ def layout_kind_for(softmax_strategy: str) -> str:
 # The strategies import the model's attention backends, whose package imports this one: they
 # are registered last, once every name above exists, so either package may be imported first.
 from hetero_sp.parallel.allgather_kv import allgather_kv_attention  # noqa: E402
+from hetero_sp.parallel.lasp2 import lasp2_linear_attention  # noqa: E402
 from hetero_sp.parallel.ulysses import ulysses_attention  # noqa: E402
+from hetero_sp.parallel.zeco import zeco_linear_attention  # noqa: E402
 
 SOFTMAX_STRATEGIES.update(ulysses=ulysses_attention, allgather_kv=allgather_kv_attention)
+LINEAR_STRATEGIES.update(lasp2=lasp2_linear_attention, zeco=zeco_linear_attention)
 
 __all__ = [
     "GroupLayout",
@@ -75,6 +78,7 @@ __all__ = [
     "allgather_kv_attention",
     "build_group_pool",
     "causal_pairs",
+    "lasp2_linear_attention",
     "layout_kind_for",
     "linear_strategy",
     "make_layout",
@@ -83,4 +87,5 @@ __all__ = [
     "softmax_strategy",
     "ulysses_attention",
     "ulysses_supported",
+    "zeco_linear_attention",
 ]

@@ -87,33 +87,56 @@ def allgather_kv_bytes(
 
 
 def state_bytes(num_heads: int, head_k: int, head_v: int, elem_bytes: int, pieces: int = 1) -> int:
-    """One rank's linear-attention summary: a K x V state per head and piece, plus its
-    cumulative log-decay per head and a continuation flag per piece (both fp32)."""
-    return pieces * (num_heads * head_k * head_v * elem_bytes + num_heads * 4 + 4)
+    """One rank's linear-attention summary on the wire: per piece and head, a K x V state and
+    the factor that decays the incoming state across the piece (zeroed state and factor where
+    the piece's last document does not continue, so no flags travel). ``elem_bytes`` is the
+    wire dtype: the states travel in fp32 (fp64 for fp64 models) whatever the model dtype."""
+    return pieces * num_heads * (head_k * head_v + 1) * elem_bytes
 
 
 def lasp2_bytes(
     size: int, num_heads: int, head_k: int, head_v: int, elem_bytes: int, pieces: int = 1
 ) -> CommBytes:
-    """LASP-2: one all-gather of every rank's state summary; the backward gathers the gradient
-    summaries the same way. Independent of the sequence length."""
+    """LASP-2: one all-gather of every rank's state summaries (``state_bytes``); the backward
+    gathers the gradients of the incoming states, K x V per head and piece (the decay factors
+    are kept from the forward). Independent of the sequence length. ``pieces`` is 2 for the
+    zigzag layout."""
     if size == 1:
         return CommBytes(0, 0, 0, 0)
-    moved = (size - 1) * state_bytes(num_heads, head_k, head_v, elem_bytes, pieces)
-    return CommBytes(moved, moved, moved, moved)
+    fwd = (size - 1) * state_bytes(num_heads, head_k, head_v, elem_bytes, pieces)
+    bwd = (size - 1) * pieces * num_heads * head_k * head_v * elem_bytes
+    return CommBytes(fwd, fwd, bwd, bwd)
 
 
 def zeco_bytes(
-    rank: int, size: int, num_heads: int, head_k: int, head_v: int, elem_bytes: int
+    rank: int,
+    size: int,
+    num_heads: int,
+    head_k: int,
+    head_v: int,
+    elem_bytes: int,
+    pieces: int = 1,
 ) -> CommBytes:
-    """ZeCO All-Scan: a rank receives one state from its predecessor and sends one to its
-    successor (the first rank receives nothing, the last sends nothing); the backward scan runs
-    the other way. Cumulative decays are not exchanged: each rank folds its own in."""
+    """ZeCO All-Scan: the state entering each piece comes from the rank holding the previous
+    piece of the stream, and the backward scan sends its gradient the other way. Cumulative
+    decays are not exchanged: each rank folds its own in. Every link of the chain carries one
+    state, zeros included, so traffic does not depend on where documents end.
+
+    Contiguous layout (``pieces=1``): a rank receives one state from its predecessor and sends
+    one to its successor (the first rank receives nothing, the last sends nothing). Zigzag
+    (``pieces=2``): the chain runs 0 -> P-1 over the head pieces, passes locally on rank P-1,
+    and returns P-1 -> 0 over the tail pieces, so inner ranks send and receive two states.
+    """
     if size == 1:
         return CommBytes(0, 0, 0, 0)
+    if pieces not in (1, 2):
+        raise ValueError(f"pieces must be 1 (contiguous) or 2 (zigzag), got {pieces}")
     one = num_heads * head_k * head_v * elem_bytes
-    send = one if rank < size - 1 else 0
-    recv = one if rank > 0 else 0
+    has_next, has_prev = int(rank < size - 1), int(rank > 0)
+    if pieces == 1:
+        send, recv = has_next * one, has_prev * one
+    else:
+        send = recv = (has_next + has_prev) * one
     return CommBytes(fwd_send=send, fwd_recv=recv, bwd_send=recv, bwd_recv=send)
 
 

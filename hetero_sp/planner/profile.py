@@ -195,3 +195,44 @@ def save_profile(profile: Profile, path: str | Path) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(profile.to_dict(), indent=1) + "\n")
     tmp.replace(path)
+
+
+def rescale_profile(profile: Profile, model: ModelConfig) -> Profile:
+    """The profile's compute costs carried over to another model size by FLOP ratios.
+
+    Each block kind's per-token term scales with its forward FLOPs per token, the softmax
+    quadratic term with heads x head dim; fixed overheads, collectives, links and memory stay.
+    The result is an estimate (and says so): re-run ``hetero-sp profile`` with the model for
+    plans whose absolute times can be trusted.
+    """
+    from hetero_sp.model.flops import block_flops_per_token
+
+    missing = [k for k in ("head", *sorted(set(model.layers))) if k not in profile.compute]
+    if missing:
+        raise ValueError(
+            f"profile {profile.label!r} has no compute fit for layer kinds {missing}, so it "
+            "cannot be carried over to this model; run `hetero-sp profile` with it"
+        )
+    old, compute = profile.model, {}
+    for kind, fit in profile.compute.items():
+        if kind not in (*LAYER_KINDS,):
+            continue
+        ratio = block_flops_per_token(model, kind) / block_flops_per_token(old, kind)
+        a2 = fit.a2 * (model.num_heads * model.head_dim) / (old.num_heads * old.head_dim)
+        compute[kind] = ComputeFit(
+            a2=a2 if kind == "S" else 0.0, a1=fit.a1 * ratio, fixed=fit.fixed
+        )
+    notes = dict(profile.notes)
+    notes["rescaled"] = (
+        f"ESTIMATE: compute carried over from {profile.label!r} (model dim {old.dim}, "
+        f"{old.num_heads} heads, ffn {old.ffn_dim}, vocab {old.vocab_size}) by FLOP ratios"
+    )
+    return dataclasses.replace(
+        profile,
+        label=f"{profile.label} rescaled to dim {model.dim}, layers {model.layers}",
+        source="estimate",
+        model=model,
+        compute=compute,
+        activation_bytes_per_token=None,
+        notes=notes,
+    )

@@ -18,10 +18,12 @@ F FFN dim, W vocabulary, C the linear-attention chunk:
 from __future__ import annotations
 
 import time
-
-import torch
+from typing import TYPE_CHECKING
 
 from hetero_sp.config import ModelConfig
+
+if TYPE_CHECKING:
+    import torch
 
 LINEAR_CHUNK = 64
 
@@ -34,25 +36,30 @@ _PEAK_TFLOPS = {
 }
 
 
+def block_flops_per_token(cfg: ModelConfig, kind: str) -> float:
+    """Forward FLOPs per token of one block (``S``, ``L``) or of the output head (``head``) that
+    do not depend on the document length."""
+    D, H, G, E = cfg.dim, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    if kind == "head":
+        return 2.0 * D * cfg.vocab_size
+    if kind == "S":
+        return 6.0 * D * cfg.ffn_dim + 2.0 * D * E * (2 * H + 2 * G)
+    if kind == "L":
+        core = 2.0 * H * (2 * E) * (LINEAR_CHUNK + 1) / 2 + 4.0 * H * E * E
+        return 6.0 * D * cfg.ffn_dim + 2.0 * D * (4 * H * E + H) + core
+    raise ValueError(f"block kind must be S, L or head, got {kind!r}")
+
+
+def softmax_flops_per_token_pair(cfg: ModelConfig) -> float:
+    """Forward FLOPs of one S layer's attention core per (query, visible key) pair."""
+    return 4.0 * cfg.num_heads * cfg.head_dim
+
+
 def _per_token_linear_flops(cfg: ModelConfig) -> float:
     """Forward FLOPs per token that do not depend on the document length."""
-    D, H, G, E, F, W = (
-        cfg.dim,
-        cfg.num_heads,
-        cfg.num_kv_heads,
-        cfg.head_dim,
-        cfg.ffn_dim,
-        cfg.vocab_size,
+    return block_flops_per_token(cfg, "head") + sum(
+        block_flops_per_token(cfg, k) for k in cfg.layers
     )
-    flops = 2.0 * D * W
-    for kind in cfg.layers:
-        flops += 6.0 * D * F
-        if kind == "S":
-            flops += 2.0 * D * E * (2 * H + 2 * G)
-        else:
-            flops += 2.0 * D * (4 * H * E + H)
-            flops += 2.0 * H * (2 * E) * (LINEAR_CHUNK + 1) / 2 + 4.0 * H * E * E
-    return flops
 
 
 def forward_flops(cfg: ModelConfig, doc_lengths: list[int]) -> float:
@@ -73,6 +80,8 @@ def training_flops(cfg: ModelConfig, doc_lengths: list[int]) -> float:
 
 def device_peak_flops(device: torch.device, precision: str) -> float | None:
     """Datasheet dense peak of a known CUDA device for ``precision`` (bf16 or fp32), else None."""
+    import torch
+
     if device.type != "cuda":
         return None
     name = torch.cuda.get_device_name(device)
@@ -83,10 +92,13 @@ def device_peak_flops(device: torch.device, precision: str) -> float | None:
 
 
 def measure_matmul_flops(
-    device: torch.device, dtype: torch.dtype = torch.float32, n: int = 1024, repeats: int = 5
+    device: torch.device, dtype: torch.dtype | None = None, n: int = 1024, repeats: int = 5
 ) -> float:
     """Achieved FLOP/s of an n x n x n matrix product: the practical peak where no datasheet value
     is known (CPUs). Takes well under a second on a CPU core at n = 1024."""
+    import torch
+
+    dtype = dtype if dtype is not None else torch.float32
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
     a @ b  # warm-up
