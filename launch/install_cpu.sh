@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install HeteroSP for CPU work into ./.venv (idempotent): the CPU build of torch first, pinned
 # by constraints/cpu.txt so no later package can swap it for a multi-GB CUDA build; DeepSpeed
-# built against that torch; then HeteroSP itself with its test tools.
+# built against that torch; then HeteroSP itself with its test tools, the data extras and
+# megatron-core (the Megatron plug-in's tests run on CPU).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -13,5 +14,5 @@ PIP=(.venv/bin/python -m pip install --quiet --disable-pip-version-check -c cons
 # DeepSpeed ships as source only and imports torch while building: build it against the torch
 # above instead of letting pip fetch another one into an isolated build environment.
 "${PIP[@]}" --no-build-isolation "deepspeed==0.19.8"
-"${PIP[@]}" -e ".[dev,data]"
+"${PIP[@]}" -e ".[dev,data,megatron]"
 .venv/bin/python -c "import torch, deepspeed, triton, pulp, highspy; print('installed: torch', torch.__version__, '| deepspeed', deepspeed.__version__, '| triton', triton.__version__, '| pulp', pulp.__version__)" 2>&1 | grep -v "real_accelerator"
