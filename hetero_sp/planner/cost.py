@@ -170,7 +170,8 @@ class CostModel:
 
     def _linear_options(self, d: int) -> list[tuple[str, float]]:
         """(strategy, seconds per layer) of the state exchange, forward and backward."""
-        m, eb = self.model, self.elem_bytes
+        m = self.model
+        eb = max(self.elem_bytes, 4)  # states travel in fp32 whatever the model dtype
         out = []
         for name in self.linear_strategies:
             if name == "lasp2":

@@ -125,20 +125,25 @@ def torch_chunk_linear_attn(
     else:
         state_NHKV = initial_state_NHKV.to(q_THK.dtype)
     state_NHKV = state_NHKV[layout.doc_order]
-    entering, entering_ids, finals = [], [], []
-    for j, chunk_ids in enumerate(layout.scan_order):
-        active = layout.scan_docs[j]
-        if active < state_NHKV.shape[0]:
-            finals.append(state_NHKV[active:])
-            state_NHKV = state_NHKV[:active]
-        entering.append(state_NHKV)
-        entering_ids.append(chunk_ids)
-        state_NHKV = gamma_MH[chunk_ids][:, :, None, None] * state_NHKV + delta_MHKV[chunk_ids]
+    # One gather into scan order, then split: per-step indexing of the full [M, ...] tensors
+    # would make every step's backward allocate and fill an [M, H, K, V] gradient (O(M^2)).
+    sizes = [len(ids) for ids in layout.scan_order]
+    order = torch.cat(layout.scan_order) if sizes else None
+    entering, finals = [], []
+    if sizes:
+        deltas = delta_MHKV.index_select(0, order).split(sizes)
+        gammas = gamma_MH.index_select(0, order).split(sizes)
+        for j, (delta_NHKV, gamma_NH) in enumerate(zip(deltas, gammas)):
+            active = layout.scan_docs[j]
+            if active < state_NHKV.shape[0]:
+                finals.append(state_NHKV[active:])
+                state_NHKV = state_NHKV[:active]
+            entering.append(state_NHKV)
+            state_NHKV = gamma_NH[:, :, None, None] * state_NHKV + delta_NHKV
     finals.append(state_NHKV)
 
     if entering:
-        ids = torch.cat(entering_ids)
-        state_in_MHKV = torch.empty_like(delta_MHKV).index_copy(0, ids, torch.cat(entering))
+        state_in_MHKV = torch.empty_like(delta_MHKV).index_copy(0, order, torch.cat(entering))
         q_decayed = q_MCHK * G_MCH.exp().to(q_THK.dtype)[..., None]
         o_MCHV = o_MCHV + torch.einsum("mchk,mhkv->mchv", q_decayed, state_in_MHKV)
 
