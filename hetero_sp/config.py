@@ -293,6 +293,9 @@ class TrainConfig:
     """DeepSpeed ZeRO stage: 0 (plain data parallel), 1, 2 or 3."""
     precision: str = "fp32"
     """fp32 or bf16 (bf16 mixed precision with fp32 master weights)."""
+    activation_checkpointing: bool = False
+    """Keep only each block's input and recompute its activations in the backward: far less
+    memory for long sequences, about a third more compute."""
     seed: int = 0
     """Seed of the model initialisation."""
     out_dir: str = "runs/cpu-tiny"

@@ -1,23 +1,17 @@
-"""Token loss normalised by the step's global token count.
+"""Loss normalisation across ranks.
 
 A step's loss is the sum of every next-token cross-entropy over all ranks divided by the number
 of target tokens in the global batch. DeepSpeed averages gradients over its data-parallel
 ranks, so each rank back-propagates ``loss_sum_local * world_size / global_tokens``: the average
 of those gradients is exactly the gradient of the global loss, however unevenly the tokens are
-spread over ranks and groups.
+spread over ranks and groups. The token loss itself is the model's (``hetero_sp.model.loss``).
 """
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
+from hetero_sp.model.loss import IGNORE_INDEX, token_loss_sum
 
-IGNORE_INDEX = -100
-
-
-def token_loss_sum(logits_TW: torch.Tensor, labels_T: torch.Tensor) -> torch.Tensor:
-    """Sum of cross-entropies over tokens whose label is not ``IGNORE_INDEX`` (fp32 scalar)."""
-    return F.cross_entropy(logits_TW.float(), labels_T, ignore_index=IGNORE_INDEX, reduction="sum")
+__all__ = ["IGNORE_INDEX", "backward_scale", "token_loss_sum"]
 
 
 def backward_scale(global_tokens: int, world_size: int) -> float:

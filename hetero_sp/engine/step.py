@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import torch
 
 from hetero_sp.data.batch import GlobalBatch
-from hetero_sp.engine.loss import backward_scale, token_loss_sum
+from hetero_sp.engine.loss import backward_scale
 from hetero_sp.engine.microbatch import GroupWork, rank_microbatch
 from hetero_sp.parallel import GroupLayout, SPContext
 from hetero_sp.planner.plan import Plan
@@ -57,8 +57,7 @@ def run_step(
         group = mb.group_of(rank)
         work = rank_microbatch(batch, group, rank, context_for, layers, device)
         begin = time.perf_counter()
-        logits = engine(work.inputs_T, work.seqs)
-        loss_sum = token_loss_sum(logits, work.labels_T)
+        loss_sum = engine(work.inputs_T, work.seqs, work.labels_T)
         engine.backward(loss_sum * scale)
         out.micro_batch_s.append(time.perf_counter() - begin)
         out.loss_sum += loss_sum.item()

@@ -45,7 +45,12 @@ class Trainer:
         self.sampler = build_sampler(cfg.data, self.corpus)
         if self.is_main:
             logger.info("data: %s", json.dumps(self.sampler.describe()))
-        model = HybridLM(cfg.model, cfg.parallel.linear_backend, cfg.parallel.softmax_backend)
+        model = HybridLM(
+            cfg.model,
+            cfg.parallel.linear_backend,
+            cfg.parallel.softmax_backend,
+            checkpoint_blocks=cfg.train.activation_checkpointing,
+        )
         self.num_params = sum(p.numel() for p in model.parameters())
 
         self.start_step = 0

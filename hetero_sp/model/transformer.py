@@ -11,10 +11,17 @@ import math
 import torch
 from torch import nn
 
+from torch.utils.checkpoint import checkpoint
+
 from hetero_sp.config import ModelConfig
+from hetero_sp.model.loss import token_loss_sum
 from hetero_sp.model.attention import LinearAttention, SoftmaxAttention
 from hetero_sp.model.layers import RMSNorm, SwiGLU, rope_cos_sin
 from hetero_sp.model.packed import PackedSeqs
+
+
+LOSS_SLICE = 16384
+"""Tokens whose logits exist at once when the model computes the loss itself."""
 
 
 class Block(nn.Module):
@@ -40,10 +47,15 @@ class HybridLM(nn.Module):
     """A decoder-only language model over packed documents; see ``ModelConfig``."""
 
     def __init__(
-        self, cfg: ModelConfig, linear_backend: str = "auto", softmax_backend: str = "auto"
+        self,
+        cfg: ModelConfig,
+        linear_backend: str = "auto",
+        softmax_backend: str = "auto",
+        checkpoint_blocks: bool = False,
     ) -> None:
         super().__init__()
         self.cfg = cfg
+        self.checkpoint_blocks = checkpoint_blocks
         self.embed = nn.Embedding(cfg.vocab_size, cfg.dim)
         self.blocks = nn.ModuleList(
             Block(cfg, kind, linear_backend, softmax_backend) for kind in cfg.layers
@@ -66,8 +78,13 @@ class HybridLM(nn.Module):
             if isinstance(module, RMSNorm):
                 nn.init.ones_(module.weight)
 
-    def forward(self, tokens_T: torch.Tensor, seqs: PackedSeqs) -> torch.Tensor:
-        """Logits [T, W] of the next token at every position of the rank-local stream."""
+    def forward(
+        self, tokens_T: torch.Tensor, seqs: PackedSeqs, labels_T: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Logits [T, W] of the next token at every position of the rank-local stream; with
+        ``labels_T``, the sum of the token losses instead (fp32 scalar, labels equal to
+        ``IGNORE_INDEX`` skipped), computed in slices so the [T, W] logits never exist at once.
+        """
         if tokens_T.shape[0] != seqs.num_tokens:
             raise ValueError(
                 f"got {tokens_T.shape[0]} tokens but cu_seqlens covers {seqs.num_tokens}"
@@ -75,5 +92,24 @@ class HybridLM(nn.Module):
         x_TD = self.embed(tokens_T)
         rope = rope_cos_sin(seqs.positions, self.cfg.head_dim, self.cfg.rope_theta, x_TD.dtype)
         for block in self.blocks:
-            x_TD = block(x_TD, seqs, rope)
-        return self.head(self.norm(x_TD))
+            if self.checkpoint_blocks and torch.is_grad_enabled():
+                # Keep only the block's input; its activations are recomputed in the backward
+                # (collectives of SP strategies included: every rank recomputes in step).
+                x_TD = checkpoint(block, x_TD, seqs, rope, use_reentrant=False)
+            else:
+                x_TD = block(x_TD, seqs, rope)
+        x_TD = self.norm(x_TD)
+        if labels_T is None:
+            return self.head(x_TD)
+        return self._loss_sum(x_TD, labels_T)
+
+    def _loss_sum(self, x_TD: torch.Tensor, labels_T: torch.Tensor) -> torch.Tensor:
+        total = x_TD.new_zeros((), dtype=torch.float32)
+        for start in range(0, x_TD.shape[0], LOSS_SLICE):
+            x, y = x_TD[start : start + LOSS_SLICE], labels_T[start : start + LOSS_SLICE]
+            # Recomputing a slice's logits in the backward keeps one slice of logits alive.
+            total = total + checkpoint(self._slice_loss, x, y, use_reentrant=False)
+        return total
+
+    def _slice_loss(self, x_TD: torch.Tensor, labels_T: torch.Tensor) -> torch.Tensor:
+        return token_loss_sum(self.head(x_TD), labels_T)

@@ -196,6 +196,7 @@ def validate_plan(plan: Plan, cost: CostModel | None = None) -> None:
                     raise PlanError(f"{where}: group size {group.size} is not allowed")
                 memory = cost.groups[group.size].memory(tokens)
                 ulysses = group.softmax_strategy == "ulysses" and group.size > 1
+                ulysses = ulysses and "S" in cost.model.layers  # no S layer: never runs
                 if ulysses and not ulysses_allowed(cost.model, group.size):
                     raise PlanError(
                         f"{where}: Ulysses needs num_heads={cost.model.num_heads} divisible "
