@@ -1,6 +1,10 @@
-"""Training entry point, launched by torchrun:
+"""Training entry point, launched by torchrun (or launch/torchrun_*.sh, launch/slurm.sbatch):
 
 torchrun --nproc_per_node 4 -m hetero_sp.train --config configs/cpu-tiny.toml [section.key=value ...]
+
+Plan without training (no torchrun needed; --world-size plans for a cluster you do not have):
+
+python -m hetero_sp.train --dry-run --world-size 64 --config ... parallel.node_size=8
 """
 
 from __future__ import annotations
@@ -22,8 +26,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--config", help="TOML config file (defaults apply to whatever it leaves out)"
     )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the topology, the plans of the first steps and the memory estimate, then "
+        "exit without starting DeepSpeed or training",
+    )
+    parser.add_argument(
+        "--dry-run-steps", type=int, default=3, help="steps the dry run plans (default 3)"
+    )
+    parser.add_argument(
+        "--world-size",
+        type=int,
+        help="with --dry-run: plan for this many ranks (default: torchrun's WORLD_SIZE, else 1)",
+    )
     parser.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.steps=20")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if not args.dry_run and args.world_size is not None:
+        parser.error("--world-size only applies to --dry-run (training takes torchrun's world)")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,6 +54,10 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if args.dry_run:
+        from hetero_sp.engine.dry_run import dry_run
+
+        return dry_run(cfg, args.world_size, args.dry_run_steps)
     # DeepSpeed calls collectives that torch has renamed; the warnings say nothing about this run.
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.distributed")
 
@@ -40,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     from hetero_sp.engine.trainer import Trainer
     from hetero_sp.log import get_logger
 
-    logger = get_logger(__name__)
+    logger = get_logger("hetero_sp.train")  # not __name__: that is "__main__" under -m
     info = init_distributed(cfg.train.dist_timeout_s)
     trainer = Trainer(cfg, info)
     if info.rank == 0:

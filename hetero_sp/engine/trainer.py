@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import time
 from pathlib import Path
 
@@ -23,6 +22,12 @@ from hetero_sp.engine.faults import maybe_fail
 from hetero_sp.engine.metrics import MetricsWriter, peak_memory_bytes
 from hetero_sp.engine.planning import build_cost_model, make_plan_fn
 from hetero_sp.engine.step import group_times, imbalance, run_step
+from hetero_sp.engine.topology import (
+    describe_topology,
+    node_size_for,
+    pool_node_size,
+    torchrun_nodes,
+)
 from hetero_sp.log import get_logger
 from hetero_sp.model import HybridLM
 from hetero_sp.model.flops import device_peak_flops, measure_matmul_flops, training_flops
@@ -136,27 +141,28 @@ class Trainer:
     def _setup_parallel(self) -> None:
         """Group pool (collective, once), cost model, plan function and the run-ahead worker."""
         cfg, info = self.cfg, self.info
-        node_size = cfg.parallel.node_size or int(
-            os.environ.get("LOCAL_WORLD_SIZE", info.world_size)
-        )
-        self.pool = build_group_pool(
-            info.world_size, node_size if node_size < info.world_size else None
-        )
-        self.cost = build_cost_model(
-            cfg, info.world_size, min(node_size, info.world_size), log=self.is_main
-        )
+        node_size = node_size_for(cfg, info.world_size)
+        self.pool = build_group_pool(info.world_size, pool_node_size(node_size, info.world_size))
+        self.cost = build_cost_model(cfg, info.world_size, node_size, log=self.is_main)
         plan_fn = make_plan_fn(cfg, self.cost)
         self.ahead = PlanAhead(
             plan_fn, is_solver=self.is_main, share=broadcast_share(group=self._cpu_group, src=0)
         )
         if self.is_main:
-            logger.info(
-                "topology: %d ranks, %d per node; SP group sizes %s; plan mode %s",
-                info.world_size,
-                node_size,
-                ",".join(map(str, self.pool.sizes)),
-                cfg.parallel.sp_mode,
+            nodes, per_node = torchrun_nodes(info.world_size)
+            device = (
+                torch.cuda.get_device_name(info.device) if info.device.type == "cuda" else "CPU"
             )
+            topology = describe_topology(
+                info.world_size,
+                nodes=nodes,
+                per_node=per_node,
+                node_size=node_size,
+                backend=info.backend,
+                device=device,
+                sp_mode=cfg.parallel.sp_mode,
+            )
+            logger.info("topology: %s", topology)
 
     def _context_for(self, group, layout) -> SPContext:
         return self.pool.get(group.ranks[0], len(group.ranks)).context(
