@@ -91,9 +91,13 @@ class HybridLM(nn.Module):
         rope = rope_cos_sin(seqs.positions, self.cfg.head_dim, self.cfg.rope_theta, x_TD.dtype)
         for block in self.blocks:
             if self.checkpoint_blocks and torch.is_grad_enabled():
-                # Keep only the block's input; its activations are recomputed in the backward
-                # (collectives of SP strategies included: every rank recomputes in step).
-                x_TD = checkpoint(block, x_TD, seqs, rope, use_reentrant=False)
+                # Keep only the block's input; its activations are recomputed in the backward.
+                # Reentrant: the recompute (SP collectives included) runs as one piece when the
+                # backward reaches the block, the same point on every rank. The non-reentrant
+                # form recomputes at the first saved tensor unpacked, which for strategies that
+                # replay a local graph inside their own backward differs between ranks and
+                # deadlocks their point-to-point exchanges.
+                x_TD = checkpoint(block, x_TD, seqs, rope, use_reentrant=True)
             else:
                 x_TD = block(x_TD, seqs, rope)
         x_TD = self.norm(x_TD)
