@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+import typing
 
 from hetero_sp.config import SECTIONS, ConfigError, field_docs, load_config
 from hetero_sp.data.cli import add_prepare_parser
@@ -31,23 +32,52 @@ def _toml_value(value) -> str:
     return repr(value)
 
 
+REFERENCE_INTRO = """\
+Generated from the config dataclasses in `hetero_sp/config.py` by
+`hetero-sp config --reference > docs/config.md`: edit the field docstrings there, then
+regenerate (`tests/test_docs.py` fails while this page is out of date).
+
+A config file has one TOML table per section; keys it leaves out keep their defaults. Any key
+can be overridden after the config file as `section.key=value`, parsed as TOML (a value that is
+not valid TOML is taken as a string, so `model.layers=LLSS` needs no quotes; lists are written
+`data.curriculum_odds=[1,1,4]`). `hetero-sp config --config FILE [overrides]` prints the
+resolved values; a bad value stops with a message naming the key."""
+
+_TYPE_NAMES = {bool: "bool", int: "int", float: "float", str: "string"}
+
+
+def _type_name(typ) -> str:
+    if typing.get_origin(typ) is tuple:
+        return f"list of {_type_name(typing.get_args(typ)[0])}"
+    return _TYPE_NAMES.get(typ, str(typ))
+
+
+def _cell(text: str) -> str:
+    """One markdown table cell: a single line, with characters markdown would eat escaped."""
+    text = " ".join(text.split())
+    return text.replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def config_reference() -> str:
     """Markdown reference of every config key, generated from the dataclasses."""
-    lines = ["# Configuration reference", ""]
+    lines = ["# Configuration reference", "", REFERENCE_INTRO, ""]
     for name, cls in SECTIONS.items():
         lines += [
             f"## [{name}]",
             "",
-            (cls.__doc__ or "").strip(),
+            _cell(cls.__doc__ or ""),
             "",
-            "| key | default | meaning |",
-            "|---|---|---|",
+            "| key | default | type | meaning |",
+            "|---|---|---|---|",
         ]
         docs = field_docs(cls)
         defaults = cls()
+        hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
+            default = _toml_value(getattr(defaults, f.name))
             lines.append(
-                f"| `{f.name}` | `{_toml_value(getattr(defaults, f.name))}` | {docs.get(f.name, '')} |"
+                f"| `{f.name}` | `{default}` | {_type_name(hints[f.name])} | "
+                f"{_cell(docs.get(f.name, ''))} |"
             )
         lines.append("")
     return "\n".join(lines)
@@ -66,7 +96,8 @@ def _cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The ``hetero-sp`` parser with every subcommand (the docs test reads it)."""
     parser = argparse.ArgumentParser(
         prog="hetero-sp", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -81,7 +112,11 @@ def main(argv: list[str] | None = None) -> int:
     add_prepare_parser(sub)
     add_profile_parser(sub)
     add_plot_parser(sub)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except ConfigError as err:

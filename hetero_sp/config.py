@@ -332,7 +332,8 @@ class PlannerConfig:
     """Cost profile written by `hetero-sp profile` (a profile of another model size is rescaled by
     FLOPs, with a warning)."""
     memory_gb: float = 0.0
-    """Memory per rank the plan may fill, GiB; 0: the profile's device memory."""
+    """Memory per rank in GiB that plans are sized for (they fill at most 90% of it); 0: the
+    profile's device memory."""
     time_limit_s: float = 0.5
     """Wall-clock budget of one step's MILP solve; the best plan found by then is used."""
     num_buckets: int = 16
