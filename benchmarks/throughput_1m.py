@@ -33,22 +33,36 @@ import torch.distributed as dist  # noqa: E402
 from hetero_sp.config import ModelConfig  # noqa: E402
 from hetero_sp.distributed import init_distributed, shutdown_distributed  # noqa: E402
 from hetero_sp.model import HybridLM, PackedSeqs  # noqa: E402
-from hetero_sp.model.loss import IGNORE_INDEX  # noqa: E402
 from hetero_sp.model.flops import device_peak_flops, measure_matmul_flops, training_flops  # noqa: E402
+from hetero_sp.model.loss import IGNORE_INDEX  # noqa: E402
 from hetero_sp.parallel import SPContext, layout_kind_for, make_layout, ulysses_supported  # noqa: E402
 
 MODELS = {
     # ~1.3B parameters: 24 layers (LLLS x 6), dim 2048, 16 query / 4 KV heads of 128.
     "1b": (
-        ModelConfig(vocab_size=32000, dim=2048, layers="LLLS" * 6, num_heads=16, num_kv_heads=4, ffn_dim=5632),
+        ModelConfig(
+            vocab_size=32000,
+            dim=2048,
+            layers="LLLS" * 6,
+            num_heads=16,
+            num_kv_heads=4,
+            ffn_dim=5632,
+        ),
         (32768, 131072, 524288, 1048576),
     ),
     "tiny": (
-        ModelConfig(vocab_size=258, dim=64, layers="LLLS", num_heads=4, num_kv_heads=2, ffn_dim=128),
+        ModelConfig(
+            vocab_size=258, dim=64, layers="LLLS", num_heads=4, num_kv_heads=2, ffn_dim=128
+        ),
         (4096, 8192, 16384),
     ),
 }
-PAIRS = (("ulysses", "lasp2"), ("ulysses", "zeco"), ("allgather_kv", "lasp2"), ("allgather_kv", "zeco"))
+PAIRS = (
+    ("ulysses", "lasp2"),
+    ("ulysses", "zeco"),
+    ("allgather_kv", "lasp2"),
+    ("allgather_kv", "zeco"),
+)
 
 
 def time_pair(model, cfg, context, softmax, linear, rank, world, device, repeats):
@@ -97,16 +111,36 @@ def main() -> None:
     peak = device_peak_flops(info.device, "bf16" if dtype == torch.bfloat16 else "fp32")
     if peak is None:
         peak = measure_matmul_flops(info.device)
-    name = torch.cuda.get_device_name(info.device) if info.device.type == "cuda" else f"CPU ({os.cpu_count()} cores)"
+    name = (
+        torch.cuda.get_device_name(info.device)
+        if info.device.type == "cuda"
+        else f"CPU ({os.cpu_count()} cores)"
+    )
     rows = []
     for context in contexts:
         for softmax, linear in PAIRS:
             row = {"context": context, "softmax": softmax, "linear": linear}
-            if "S" in cfg.layers and softmax == "ulysses" and not ulysses_supported(cfg.num_heads, cfg.num_kv_heads, info.world_size):
-                row["skipped"] = f"Ulysses needs {cfg.num_heads} query heads divisible by {info.world_size}"
+            if (
+                "S" in cfg.layers
+                and softmax == "ulysses"
+                and not ulysses_supported(cfg.num_heads, cfg.num_kv_heads, info.world_size)
+            ):
+                row["skipped"] = (
+                    f"Ulysses needs {cfg.num_heads} query heads divisible by {info.world_size}"
+                )
             else:
                 try:
-                    seconds = time_pair(model, cfg, context, softmax, linear, info.rank, info.world_size, info.device, args.repeats)
+                    seconds = time_pair(
+                        model,
+                        cfg,
+                        context,
+                        softmax,
+                        linear,
+                        info.rank,
+                        info.world_size,
+                        info.device,
+                        args.repeats,
+                    )
                     flops = training_flops(cfg, [context])
                     row.update(
                         step_s=seconds,
@@ -120,15 +154,28 @@ def main() -> None:
             if info.rank == 0:
                 print(json.dumps(row), flush=True)
     if info.rank == 0:
-        print(f"\n{args.model} model, {info.world_size} x {name}, {dtype}, activation checkpointing on\n")
+        print(
+            f"\n{args.model} model, {info.world_size} x {name}, {dtype}, activation checkpointing on\n"
+        )
         print("| context | softmax | linear | step s | tokens/s/device | MFU |")
         print("|---|---|---|---|---|---|")
         for r in rows:
             if "skipped" in r:
-                print(f"| {r['context']} | {r['softmax']} | {r['linear']} | skipped: {r['skipped']} | | |")
+                print(
+                    f"| {r['context']} | {r['softmax']} | {r['linear']} | skipped: {r['skipped']} | | |"
+                )
             else:
-                print(f"| {r['context']} | {r['softmax']} | {r['linear']} | {r['step_s']:.3f} | {r['tokens_per_s_per_device']:.0f} | {100 * r['mfu']:.1f}% |")
-        out = {"model": args.model, "devices": info.world_size, "device": name, "dtype": str(dtype), "peak_flops_per_device": peak, "rows": rows}
+                print(
+                    f"| {r['context']} | {r['softmax']} | {r['linear']} | {r['step_s']:.3f} | {r['tokens_per_s_per_device']:.0f} | {100 * r['mfu']:.1f}% |"
+                )
+        out = {
+            "model": args.model,
+            "devices": info.world_size,
+            "device": name,
+            "dtype": str(dtype),
+            "peak_flops_per_device": peak,
+            "rows": rows,
+        }
         path = ROOT / "benchmarks" / "results" / f"throughput_1m_{args.model}.json"
         path.write_text(json.dumps(out, indent=1) + "\n")
         print(f"wrote {path}")
