@@ -119,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except ConfigError as err:
+    except (ConfigError, ValueError, OSError) as err:
+        # Bad input (config, files, plans): the message says what to change, no traceback.
         print(f"error: {err}", file=sys.stderr)
         return 2
 

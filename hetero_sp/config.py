@@ -11,12 +11,11 @@ from __future__ import annotations
 import ast
 import dataclasses
 import inspect
+import tomllib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 SAMPLERS = ("mixed", "dd", "concat_chunk")
 
@@ -338,6 +337,8 @@ class PlannerConfig:
     """Wall-clock budget of one step's MILP solve; the best plan found by then is used."""
     num_buckets: int = 16
     """Length buckets of the MILP (dynamic-programming bucketing)."""
+    max_group_size: int = 0
+    """Largest SP group a plan may use (0: as large as the world and the profile allow)."""
     run_ahead: bool = True
     """Solve step i+1's plan on a background thread while step i trains."""
 
@@ -347,6 +348,7 @@ class PlannerConfig:
         _require(self.memory_gb >= 0, s, "memory_gb", "must be >= 0 (0: the profile's memory)")
         _require(self.time_limit_s > 0, s, "time_limit_s", "must be positive")
         _require(self.num_buckets >= 1, s, "num_buckets", "must be >= 1")
+        _require(self.max_group_size >= 0, s, "max_group_size", "must be >= 0 (0: no cap)")
 
 
 @dataclass(kw_only=True, frozen=True)

@@ -38,6 +38,14 @@ def build_cost_model(cfg: Config, world_size: int, node_size: int, log: bool = T
                 cfg.planner.profile,
             )
         profile = rescale_profile(profile, cfg.model)
+    if log and profile.precision != cfg.train.precision:
+        logger.warning(
+            "profile %s was measured in %s, the run trains in %s: predicted times and memory "
+            "use the profile's precision; profile in the precision you train in",
+            cfg.planner.profile,
+            profile.precision,
+            cfg.train.precision,
+        )
     overrides: dict = {"gpus_per_node": node_size if node_size else world_size}
     if cfg.planner.memory_gb:
         overrides["gpu_memory_bytes"] = cfg.planner.memory_gb * 2**30
@@ -52,6 +60,7 @@ def build_cost_model(cfg: Config, world_size: int, node_size: int, log: bool = T
         softmax_strategies=softmax,
         linear_strategies=linear,
         model=cfg.model,
+        max_group_size=cfg.planner.max_group_size or None,
     )
 
 

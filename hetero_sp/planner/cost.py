@@ -146,7 +146,7 @@ class CostModel:
                 f"profile {self.profile.label!r} has no {kind} timing for groups of {size} ranks "
                 f"(measured sizes: {sorted(measured) or 'none'}) and the topology has no links "
                 f"to derive it from; re-run `hetero-sp profile` under torchrun with at least "
-                f"{size} ranks, or plan with a max_group_size below {size}"
+                f"{size} ranks, or cap groups below {size} ranks (planner.max_group_size)"
             )
         return derived
 
