@@ -1,11 +1,16 @@
 #!/usr/bin/env bash
 # Install HeteroSP for CPU work into ./.venv (idempotent): the CPU build of torch first, pinned
 # by constraints/cpu.txt so no later package can swap it for a multi-GB CUDA build; DeepSpeed
-# built against that torch; then HeteroSP itself with its test tools, the data extras and
-# megatron-core (the Megatron plug-in's tests run on CPU).
+# built against that torch; then HeteroSP itself with its test tools, data and Megatron extras.
+# A stamp of the files that decide the install lets later calls return at once.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
+stamp=.venv/.hetero_sp_install
+want=$(cat pyproject.toml constraints/cpu.txt launch/install_cpu.sh | sha256sum | cut -d' ' -f1)
+if [[ -f $stamp && $(cat "$stamp") == "$want" ]]; then
+  exit 0
+fi
 if [[ ! -x .venv/bin/python ]]; then
   "$PY" -m venv .venv
 fi
@@ -16,3 +21,4 @@ PIP=(.venv/bin/python -m pip install --quiet --disable-pip-version-check -c cons
 "${PIP[@]}" --no-build-isolation "deepspeed==0.19.8"
 "${PIP[@]}" -e ".[dev,data,megatron]"
 .venv/bin/python -c "import torch, deepspeed, triton, pulp, highspy; print('installed: torch', torch.__version__, '| deepspeed', deepspeed.__version__, '| triton', triton.__version__, '| pulp', pulp.__version__)" 2>&1 | grep -v "real_accelerator"
+echo "$want" > "$stamp"

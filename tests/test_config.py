@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_shipped_cpu_tiny_config_loads():
     cfg = load_config(ROOT / "configs" / "cpu-tiny.toml")
     assert cfg.model.layers == "LLLS"
-    assert cfg.data.tokens_per_step == 8192
+    assert cfg.data.tokens_per_step == 16384
 
 
 def test_overrides_apply_and_parse_as_toml():
