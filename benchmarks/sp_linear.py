@@ -42,9 +42,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hetero_sp.model import PackedSeqs  # noqa: E402
 from hetero_sp.model.backends import local_linear_attention  # noqa: E402
 from hetero_sp.parallel import SPContext, linear_strategy, make_layout  # noqa: E402
-from hetero_sp.parallel.comm import COMM, lasp2_bytes, zeco_bytes  # noqa: E402
+from hetero_sp.parallel.comm import COMM, lasp2_bytes, zeco_link_bytes  # noqa: E402
 from hetero_sp.parallel.lasp2 import gather_summaries  # noqa: E402
-from hetero_sp.parallel.linear_pieces import piece_table  # noqa: E402
+from hetero_sp.parallel.linear_pieces import piece_table, zeco_links  # noqa: E402
 from hetero_sp.parallel.zeco import NUM_BLOCKS, start_scan  # noqa: E402
 
 STRATEGIES = ("lasp2", "zeco")
@@ -70,8 +70,8 @@ def _exchange(strategy, table, H, K, V, group):
     u = torch.randn(pieces, H, K, V)
     b = torch.full((pieces, H), 0.5)
     if strategy == "lasp2":
-        gather_summaries(torch.cat([u.flatten(1), b], 1), group, "fwd")
-        gather_summaries(u, group, "bwd")
+        gather_summaries(torch.cat([u.flatten(1), b], 1), table, group, "fwd")
+        gather_summaries(u, table, group, "bwd")
     else:
         job, _ = start_scan(table, u, b, group, NUM_BLOCKS, backward=False)
         job.result()
@@ -120,9 +120,10 @@ def _measure(rank, P, T, args, group) -> dict:
         local_s = _timed(alone, group)
         if it > 0:
             times["local"].append(local_s)
-    pieces = table.num_pieces
-    row["lasp2_formula_bytes"] = lasp2_bytes(P, H, K, V, 4, pieces).total
-    row["zeco_formula_bytes"] = max(zeco_bytes(r, P, H, K, V, 4, pieces).total for r in range(P))
+    row["lasp2_formula_bytes"] = lasp2_bytes(P, H, K, V, 4, table.stride).total
+    row["zeco_formula_bytes"] = max(
+        zeco_link_bytes(*zeco_links(piece_table(layout, r)), H, K, V, 4).total for r in range(P)
+    )
     for name, values in times.items():
         row[f"{name}_ms"] = 1e3 * statistics.median(values)
     return row

@@ -17,15 +17,16 @@ from hetero_sp.parallel import make_layout
 )
 def test_layout_covers_every_token_once(lengths, size, kind):
     layout = make_layout(lengths, size, kind)
-    parts = size if (kind == "contiguous" or size == 1) else 2 * size
-    assert layout.num_pad < parts
-    assert layout.num_tokens % parts == 0
+    assert layout.num_pad < size
+    assert layout.num_tokens % size == 0
     assert layout.num_real_tokens == sum(lengths)
     everything = torch.sort(layout.concat_index()).values
     assert torch.equal(everything, torch.arange(layout.num_tokens))
     for rank in range(size):
         local = layout.local_index(rank)
         assert local.numel() == layout.tokens_per_rank
+        starts = [start for start, _ in layout.pieces[rank]]
+        assert starts == sorted(starts)  # local order is stream order
         cu = layout.local_cu_seqlens(rank)
         assert cu[-1] == local.numel()
         for seg in layout.segments(rank):
@@ -40,15 +41,24 @@ def test_layout_covers_every_token_once(lengths, size, kind):
 
 def test_zigzag_gives_head_and_tail_chunks():
     layout = make_layout([80], 4, "zigzag")
+    assert layout.num_pad == 0
     assert layout.pieces[0] == ((0, 10), (70, 80))
-    assert layout.pieces[3] == ((30, 40), (40, 50))
-    assert [(r, i) for r, i in layout.stream_order()][:5] == [
-        (0, 0),
-        (1, 0),
-        (2, 0),
-        (3, 0),
-        (3, 1),
-    ]
+    assert layout.pieces[3] == ((30, 50),)  # both middle chunks, as one piece
+    assert layout.stream_order()[:5] == [(0, 0), (1, 0), (2, 0), (3, 0), (2, 1)]
+
+
+def test_zigzag_cuts_each_long_document_and_deals_the_rest_head_tail():
+    # 75 tokens with 1 of padding, 25 per rank. 40 and 24 are long (each at least half a chunk
+    # of the filler left without it); 40 = 6 chunks of 6 plus 4 tokens, one each to the
+    # emptiest rank (rank 0 twice). The filler (2 + 3 + 5 tokens and the padding) fills what
+    # is left, head-tail: heads of 1, 2, 2 tokens for ranks 0, 1, 2, then tails of 2, 2, 2.
+    layout = make_layout([2, 40, 3, 24, 5], 3, "zigzag")
+    assert layout.num_pad == 1 and layout.tokens_per_rank == 25
+    assert layout.pieces == (
+        ((0, 1), (2, 9), (35, 42), (45, 49), (65, 69), (73, 75)),
+        ((1, 2), (9, 16), (29, 35), (42, 43), (49, 53), (61, 65), (71, 73)),
+        ((16, 29), (43, 45), (53, 61), (69, 71)),
+    )
 
 
 def test_padding_is_its_own_document():

@@ -26,16 +26,16 @@ import torch.nn.functional as F
 from hetero_sp.model import PackedSeqs
 from hetero_sp.model.backends import local_linear_attention
 from hetero_sp.parallel import SPContext, linear_strategy, make_layout
-from hetero_sp.parallel.comm import COMM, lasp2_bytes, zeco_bytes
+from hetero_sp.parallel.comm import COMM, lasp2_bytes, zeco_bytes, zeco_link_bytes
 from hetero_sp.parallel.lasp2 import states_from_local_call
-from hetero_sp.parallel.linear_pieces import piece_table
+from hetero_sp.parallel.linear_pieces import piece_table, zeco_links
 from tests.common import assert_rel_close
 from tests.distributed import run_ranks
 
 HEADS, HEAD_K, HEAD_V = 2, 8, 6
 SCALE = HEAD_K**-0.5
 RTOL = 1e-5
-CASES = ("crossing", "interior", "boundary", "short")
+CASES = ("crossing", "interior", "boundary", "short", "several")
 LAYOUTS = ("contiguous", "zigzag")
 
 
@@ -47,6 +47,8 @@ def case_lengths(case: str, size: int, kind: str) -> list[int]:
         return [5, 40 * parts, 7]
     if case == "boundary":  # the second document starts exactly where piece 1 starts
         return [24, 24 * (parts - 1) - 5, 5]
+    if case == "several":  # zigzag: several documents cut on their own, ranks' piece counts differ
+        return [61, 7, 130, 3, 97, 11, 2, 45]
     return [3, 1, 5, 2, 7, 1, 1, 4, 9, 2, 3, 6, 1, 8, 2, 5, 11, 1, 3, 2]
 
 
@@ -136,11 +138,11 @@ def _check(results, strategy, size):
                     assert got is None, f"{label}: {name} should be None"
                     continue
                 assert_rel_close(got, ref[idx], RTOL, f"{label} rank {rank} {name}")
-            pieces = 2 if kind == "zigzag" else 1
+            table = piece_table(layout, rank)
             if strategy == "lasp2":
-                expected = lasp2_bytes(size, HEADS, HEAD_K, HEAD_V, 4, pieces)
+                expected = lasp2_bytes(size, HEADS, HEAD_K, HEAD_V, 4, table.stride)
             else:
-                expected = zeco_bytes(rank, size, HEADS, HEAD_K, HEAD_V, 4, pieces)
+                expected = zeco_link_bytes(*zeco_links(table), HEADS, HEAD_K, HEAD_V, 4)
             assert r["comm"] == {
                 f"{strategy}/fwd_send": expected.fwd_send,
                 f"{strategy}/fwd_recv": expected.fwd_recv,
@@ -160,7 +162,7 @@ def test_strategy_equals_single_process(strategy, size):
 # CPU, where it is slow: each size runs the cases that matter most at it, together covering
 # every scenario. Both it and the torch reference compute in fp32 and tile sums differently
 # again, so the same 1e-5 scale-relative check applies.
-TRITON_CASES = {2: ("boundary", "short"), 3: ("interior",), 4: ("crossing",)}
+TRITON_CASES = {2: ("boundary", "short"), 3: ("interior", "several"), 4: ("crossing",)}
 
 
 @pytest.mark.slow
@@ -200,24 +202,40 @@ def test_bad_inputs_raise_before_communicating():
             fn(q, k, v[:, :1], g, seqs)
         with pytest.raises(ValueError, match=r"g must be \[T, H\]"):
             fn(q, k, v, g[:, :1], seqs)
+        with pytest.raises(ValueError, match="share one floating dtype, got torch.float32, torch"):
+            fn(q, k.to(torch.bfloat16), v, g, seqs)
+        with pytest.raises(ValueError, match="g must be a floating tensor"):
+            fn(q, k, v, g.long(), seqs)
     with pytest.raises(ValueError, match="num_blocks must be >= 1"):
         linear_strategy("zeco")(q, k, v, g, seqs, num_blocks=0)
     with pytest.raises(ValueError, match="'ring' is unknown; available: lasp2, zeco"):
         linear_strategy("ring")
-    with pytest.raises(ValueError, match="pieces must be 1 .contiguous. or 2 .zigzag."):
+    with pytest.raises(ValueError, match="pieces must be 1 .contiguous. or 2"):
         zeco_bytes(0, 2, HEADS, HEAD_K, HEAD_V, 4, pieces=3)
 
 
-def test_zigzag_chain_passes_locally_on_the_middle_rank():
-    layout = make_layout([80], 4, "zigzag")  # chunks of 10; rank 3 holds [30, 40) and [40, 50)
+def test_zigzag_chain_runs_through_the_middle_rank():
+    layout = make_layout([80], 4, "zigzag")  # chunks of 10; rank 3 holds [30, 50) as one piece
     middle = piece_table(layout, 3)
-    assert [p.stream_index for p in middle.pieces] == [3, 4]
-    assert middle.holder(2) == (2, 0) and middle.holder(5) == (2, 1)
+    assert [p.stream_index for p in middle.pieces] == [3]
+    assert middle.holder(2) == (2, 0) and middle.holder(4) == (2, 1)
     assert all(p.starts and p.passes and p.carries for p in middle.pieces)
     first = piece_table(layout, 0).pieces
     assert not first[0].starts and first[0].carries  # the stream's first piece
     assert first[1].starts and not first[1].carries  # the stream's last piece
     assert [p.last_segment for p in first] == [0, 1]
+
+
+def test_link_counts_match_the_one_document_formulas():
+    """The layout-exact counts equal ``zeco_bytes``'s closed forms, which the planner prices."""
+    for size in (2, 3, 4):
+        for kind, pieces in (("contiguous", 1), ("zigzag", 2)):
+            layout = make_layout([40 * size], size, kind)
+            for rank in range(size):
+                table = piece_table(layout, rank)
+                exact = zeco_link_bytes(*zeco_links(table), HEADS, HEAD_K, HEAD_V, 4)
+                assert exact == zeco_bytes(rank, size, HEADS, HEAD_K, HEAD_V, 4, pieces)
+                assert table.stride == pieces
 
 
 def _bf16_step(rank, world_size):

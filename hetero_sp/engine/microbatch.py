@@ -4,7 +4,7 @@ A group's stream is the plan's sequences for that group, back to back, sharded o
 by :func:`hetero_sp.parallel.make_layout` (contiguous for Ulysses; head-tail zigzag for
 all-gather K/V, whose causal work it balances). A rank reads only the token ids its pieces of
 the stream cover (plus one for the last label), never whole sequences it does not hold.
-Padding tokens (at most 2P - 1, the layout's own last document) get id 0 and no label.
+Padding tokens (at most P - 1, the layout's own last document) get id 0 and no label.
 
 A rank whose group runs nothing in a micro-batch still does a forward and backward, over one
 padding token without a label: ZeRO-3 gathers parameters collectively in every forward and

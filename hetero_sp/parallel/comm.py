@@ -99,13 +99,28 @@ def lasp2_bytes(
 ) -> CommBytes:
     """LASP-2: one all-gather of every rank's state summaries (``state_bytes``); the backward
     gathers the gradients of the incoming states, K x V per head and piece (the decay factors
-    are kept from the forward). Independent of the sequence length. ``pieces`` is 2 for the
-    zigzag layout."""
+    are kept from the forward). Independent of the sequence length. ``pieces`` is the most
+    pieces any rank of the group holds (``PieceTable.stride``; 1 for the contiguous layout, 2
+    for one long document under the head-tail layout): every rank sends that many rows."""
     if size == 1:
         return CommBytes(0, 0, 0, 0)
     fwd = (size - 1) * state_bytes(num_heads, head_k, head_v, elem_bytes, pieces)
     bwd = (size - 1) * pieces * num_heads * head_k * head_v * elem_bytes
     return CommBytes(fwd, fwd, bwd, bwd)
+
+
+def zeco_link_bytes(
+    num_send: int, num_recv: int, num_heads: int, head_k: int, head_v: int, elem_bytes: int
+) -> CommBytes:
+    """ZeCO All-Scan on any layout: a rank sends one state for each of its pieces whose
+    successor in the stream another rank holds, and receives one for each piece whose
+    predecessor another rank holds (``linear_pieces.zeco_links`` counts them); the backward
+    scan runs the same links the other way. Cumulative decays are not exchanged: each rank
+    folds its own in. Every link carries a state, zeros included, so traffic does not depend
+    on where documents end."""
+    one = num_heads * head_k * head_v * elem_bytes
+    send, recv = num_send * one, num_recv * one
+    return CommBytes(fwd_send=send, fwd_recv=recv, bwd_send=recv, bwd_recv=send)
 
 
 def zeco_bytes(
@@ -117,27 +132,25 @@ def zeco_bytes(
     elem_bytes: int,
     pieces: int = 1,
 ) -> CommBytes:
-    """ZeCO All-Scan: the state entering each piece comes from the rank holding the previous
-    piece of the stream, and the backward scan sends its gradient the other way. Cumulative
-    decays are not exchanged: each rank folds its own in. Every link of the chain carries one
-    state, zeros included, so traffic does not depend on where documents end.
-
-    Contiguous layout (``pieces=1``): a rank receives one state from its predecessor and sends
-    one to its successor (the first rank receives nothing, the last sends nothing). Zigzag
-    (``pieces=2``): the chain runs 0 -> P-1 over the head pieces, passes locally on rank P-1,
-    and returns P-1 -> 0 over the tail pieces, so inner ranks send and receive two states.
+    """``zeco_link_bytes`` for the two layouts of one long document. Contiguous
+    (``pieces=1``): a rank receives one state from its predecessor and sends one to its
+    successor (the first rank receives nothing, the last sends nothing). Head-tail
+    (``pieces=2``): the chain runs 0 -> P-1 over the head chunks, passes locally on rank P-1,
+    and returns P-1 -> 0 over the tail chunks, so inner ranks send and receive two states.
     """
     if size == 1:
         return CommBytes(0, 0, 0, 0)
     if pieces not in (1, 2):
-        raise ValueError(f"pieces must be 1 (contiguous) or 2 (zigzag), got {pieces}")
-    one = num_heads * head_k * head_v * elem_bytes
+        raise ValueError(
+            f"pieces must be 1 (contiguous) or 2 (one document head-tail), got {pieces}; "
+            "count the links of other layouts with linear_pieces.zeco_links"
+        )
     has_next, has_prev = int(rank < size - 1), int(rank > 0)
     if pieces == 1:
-        send, recv = has_next * one, has_prev * one
+        links = has_next, has_prev
     else:
-        send = recv = (has_next + has_prev) * one
-    return CommBytes(fwd_send=send, fwd_recv=recv, bwd_send=recv, bwd_recv=send)
+        links = has_next + has_prev, has_next + has_prev
+    return zeco_link_bytes(*links, num_heads, head_k, head_v, elem_bytes)
 
 
 class CommCounter:

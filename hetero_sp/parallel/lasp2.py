@@ -1,8 +1,9 @@
 """LASP-2: linear-attention sequence parallelism with one all-gather of state summaries.
 
-Shape legend: T local tokens, H heads, K key dim, V value dim, P pieces per rank (1 for the
-contiguous layout, 2 for zigzag), R ranks of the group, N = R * P pieces of the stream,
-E = H * (K * V + 1) elements of one piece's summary. u, b, S_in: see ``linear_pieces``.
+Shape legend: T local tokens, H heads, K key dim, V value dim, P pieces per rank (the most
+any rank of the group holds: 1 for the contiguous layout; ranks with fewer send zero rows),
+R ranks of the group, N = R * P rows gathered, E = H * (K * V + 1) elements of one piece's
+summary. u, b, S_in: see ``linear_pieces``.
 
 Local summary -> one collective -> merge, each a named step:
 
@@ -41,10 +42,15 @@ _all_gather_into_tensor = getattr(dist, "all_gather_single", dist.all_gather_int
 
 
 def gather_summaries(
-    send_PX: torch.Tensor, group: dist.ProcessGroup, direction: str
+    own_X: torch.Tensor, table: PieceTable, group: dist.ProcessGroup, direction: str
 ) -> torch.Tensor:
-    """All-gather every rank's [P, X] block into [R * P, X] (rank-major)."""
+    """All-gather every rank's [P, X] block (its own pieces' rows, then zero rows up to the
+    group's stride P) into [R * P, X] (rank-major)."""
     size = dist.get_world_size(group)
+    send_PX = own_X
+    if own_X.shape[0] < table.stride:
+        send_PX = own_X.new_zeros((table.stride, *own_X.shape[1:]))
+        send_PX[: own_X.shape[0]] = own_X
     # Concatenated form [R * P, X]: gloo does not take the stacked one.
     out_NX = send_PX.new_empty((size * send_PX.shape[0], *send_PX.shape[1:]))
     _all_gather_into_tensor(out_NX, send_PX.contiguous(), group=group)
@@ -55,7 +61,7 @@ def gather_summaries(
 
 def _stream_rows(table: PieceTable) -> list[int]:
     """Row of every stream piece in the gathered [R * P, ...] buffer."""
-    return [rank * table.num_pieces + i for rank, i in table.holders]
+    return [rank * table.stride + i for rank, i in table.holders]
 
 
 def _own_rows(table: PieceTable) -> list[int]:
@@ -110,7 +116,7 @@ def lasp2_forward(
     o_THV = local.attention(final=from_final)
     u_PHKV, b_PH = local.summaries(from_final=from_final)
     send_PE = torch.cat([u_PHKV.flatten(1), b_PH], dim=1)
-    gathered_NE = gather_summaries(send_PE, group, "fwd")
+    gathered_NE = gather_summaries(send_PE, table, group, "fwd")
     s_in_PHKV, b_NH = combine_states(gathered_NE, table, u_PHKV.shape[1:], local.merge_backend)
     return local.corrected(o_THV, s_in_PHKV), (local, s_in_PHKV, b_PH, b_NH, group)
 
@@ -119,7 +125,7 @@ def lasp2_backward(saved: tuple, do_THV: torch.Tensor) -> tuple[torch.Tensor | N
     """Returns (dq, dk, dv, dg) of the local tokens; dg is None when g was None."""
     local, s_in_PHKV, b_PH, b_NH, group = saved
     d_PHKV = local.corrections_backward(do_THV)
-    gathered_NHKV = gather_summaries(d_PHKV, group, "bwd")
+    gathered_NHKV = gather_summaries(d_PHKV, local.table, group, "bwd")
     e_PHKV = combine_grads(gathered_NHKV, b_NH, local.table, local.merge_backend)
     local.replay(do_THV=do_THV, summary=(e_PHKV, b_PH, s_in_PHKV))
     return local.input_grads()

@@ -1,6 +1,7 @@
 """How one rank's shard looks to linear-attention sequence parallelism.
 
-A rank holds 1 or 2 pieces of its group's stream (``sharding``). What crosses a piece border
+A rank holds one or more pieces of its group's stream (``sharding``), not necessarily as many
+as the other ranks. What crosses a piece border
 is the state of the document running over it. For piece p in stream order, with S_p the state
 of its last segment started from zero and G_p that segment's summed log-decay:
 
@@ -54,6 +55,8 @@ class PieceTable:
     """This rank's pieces in local order (which is also their stream order)."""
     holders: tuple[tuple[int, int], ...]
     """(rank, local piece index) of every piece of the group, in stream order."""
+    stride: int
+    """The most pieces any rank of the group holds: rows per rank of a gathered summary."""
 
     @property
     def num_pieces(self) -> int:
@@ -71,6 +74,8 @@ def piece_table(layout: GroupLayout, rank: int) -> PieceTable:
     """The pieces of ``rank`` under ``layout`` (host arithmetic, cached: one layout serves every layer of a step)."""
     pieces, offset, seen = [], 0, 0
     segments = layout.segments(rank)
+    holders = layout.stream_order()
+    stream_index = {holder: i for i, holder in enumerate(holders)}
     for i, (start, end) in enumerate(layout.pieces[rank]):
         mine = [s for s in segments if start <= s.start < end]
         seen += len(mine)
@@ -82,7 +87,7 @@ def piece_table(layout: GroupLayout, rank: int) -> PieceTable:
         first, last = mine[0], mine[-1]
         pieces.append(
             Piece(
-                stream_index=layout.stream_order().index((rank, i)),
+                stream_index=stream_index[rank, i],
                 first=ranges[0],
                 last=ranges[-1],
                 last_segment=seen - 1,
@@ -91,7 +96,23 @@ def piece_table(layout: GroupLayout, rank: int) -> PieceTable:
                 passes=len(mine) == 1 and first.continues_prev,
             )
         )
-    return PieceTable(rank=rank, pieces=tuple(pieces), holders=tuple(layout.stream_order()))
+    return PieceTable(
+        rank=rank,
+        pieces=tuple(pieces),
+        holders=tuple(holders),
+        stride=max(len(p) for p in layout.pieces),
+    )
+
+
+def zeco_links(table: PieceTable) -> tuple[int, int]:
+    """(states sent, states received) by this rank in one direction of the ZeCO scan: one per
+    piece whose successor (predecessor) in the stream another rank holds."""
+    sends = recvs = 0
+    for piece in table.pieces:
+        nxt, prev = table.holder(piece.stream_index + 1), table.holder(piece.stream_index - 1)
+        sends += nxt is not None and nxt[0] != table.rank
+        recvs += prev is not None and prev[0] != table.rank
+    return sends, recvs
 
 
 def check_linear_inputs(
@@ -127,6 +148,13 @@ def check_linear_inputs(
             f"{strategy}: v must be [T, H, V] with T, H = {tuple(q_THK.shape[:2])}, "
             f"got {tuple(v_THV.shape)}"
         )
+    if not q_THK.is_floating_point() or k_THK.dtype != q_THK.dtype or v_THV.dtype != q_THK.dtype:
+        raise ValueError(
+            f"{strategy}: q, k and v must share one floating dtype, got "
+            f"{q_THK.dtype}, {k_THK.dtype}, {v_THV.dtype}"
+        )
+    if g_TH is not None and not g_TH.is_floating_point():
+        raise ValueError(f"{strategy}: g must be a floating tensor (log-decay), got {g_TH.dtype}")
     if g_TH is not None and g_TH.shape != q_THK.shape[:2]:
         raise ValueError(
             f"{strategy}: g must be [T, H] = {tuple(q_THK.shape[:2])} or None, "

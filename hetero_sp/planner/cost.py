@@ -10,7 +10,9 @@ A group of size d running documents of lengths s_i (one packed stream) takes
   the group's collective bandwidth, for every S layer;
 - fixed(d): per-block launch overheads, collective latencies, and the linear-attention state
   exchange (LASP-2 all-gather or ZeCO chain), which does not depend on the stream length, plus
-  the worst-case padding of the stream (d - 1 tokens, 2d - 1 for the zigzag layout).
+  the worst-case padding of the stream (d - 1 tokens). The exchange is priced for one document
+  crossing the group (one state per link); under the head-tail layout every document cut on its
+  own adds a state per rank (``sharding.LONG_WORK_SHARE`` keeps them few).
 
 Memory per GPU = model states (ZeRO-stage aware) + activations of the rank's stream tokens
 (stream / d) + the strategy's extras (all-gather K/V holds every S layer's gathered K and V of
@@ -206,7 +208,7 @@ class CostModel:
         for name, comm_per_token, latency, extra in sm:
             per_token = compute_per_token + num_s * comm_per_token
             mem_token = self.act_bytes / d + num_s * extra
-            pad = (2 * d - 1) if name == "allgather_kv" and d > 1 else d - 1
+            pad = d - 1
             mem_fixed = self.state_bytes + mem_token * pad
             room = self.memory_limit_bytes - mem_fixed
             max_tokens = int(room // mem_token) if room > 0 else 0
