@@ -1,7 +1,7 @@
 """ZeCO All-Scan: linear-attention sequence parallelism with a pipelined point-to-point scan.
 
-Shape legend: T local tokens, H heads, K key dim, V value dim, P pieces per rank (1 for the
-contiguous layout, 2 for zigzag), B blocks of the K rows of a state. u, b, S_in: see
+Shape legend: T local tokens, H heads, K key dim, V value dim, P this rank's pieces (1 for the
+contiguous layout), B blocks of the K rows of a state. u, b, S_in: see
 ``linear_pieces``. States travel as [K, H, V] so that a block of K rows is contiguous.
 
 The state entering piece p comes from the rank holding piece p - 1, in B blocks along K. As
@@ -9,8 +9,9 @@ soon as block j of S_in(p) arrives, the holder of p computes block j of
 ``S_in(p + 1) = u_p + b_p S_in(p)`` and sends it on, so a chain of n pieces costs one state
 plus n - 1 blocks of latency instead of n states. A piece that does not pass its incoming
 state through (b_p = 0) sends u_p at once without waiting. Each link carries one state.
-The chain follows the stream: with the zigzag layout it runs 0 -> R-1 over the head pieces,
-passes locally between the two pieces of rank R-1, and comes back R-1 -> 0 over the tails.
+The chain follows the stream: over a long document of the head-tail layout it runs 0 -> R-1
+over the head chunks, on through rank R-1 (which holds both middle chunks as one piece), and
+comes back R-1 -> 0 over the tails.
 
 The scan runs beside the local attention: in a helper thread on CPU (gloo's isend/irecv), on
 a side stream on CUDA. The backward runs the mirror scan of dL/dS_in in reverse stream order
@@ -51,7 +52,11 @@ class _Background:
     """Run ``fn`` beside the caller: a helper thread on CPU, a side stream on CUDA (where the
     collectives are stream-ordered, so ``fn`` only enqueues work and returns at once)."""
 
-    def __init__(self, fn, device: torch.device) -> None:
+    def __init__(self, fn, device: torch.device, keep: tuple = ()) -> None:
+        # The tensors ``fn`` reads or writes besides the caller's: held until ``result`` has
+        # ordered the caller's stream after the side stream, so their memory is not reused
+        # while the side stream still uses it.
+        self._keep = keep
         self._error: BaseException | None = None
         self._result = None
         self._stream = self._thread = None
@@ -75,6 +80,7 @@ class _Background:
             torch.cuda.current_stream(self._stream.device).wait_stream(self._stream)
         else:
             self._thread.join()
+        self._keep = ()
         if self._error is not None:
             raise self._error
         return self._result
@@ -86,28 +92,32 @@ def _scan(table, own_KHV, b_PH, into_PKHV, out_PKHV, group, num_blocks, backward
     Forward: ``into`` = S_in(p) (filled here), ``own`` = u_p, ``out`` = S_in(p + 1) sent to
     the next piece's holder. Backward: ``into`` = E_p = dL/dS_in(p + 1) (filled here),
     ``own`` = d_p, ``out`` = dL/dS_in(p) = d_p + b_p E_p sent to the previous piece's holder.
+
+    Every rank posts its receives and sends in the scan's order of pieces, each receive just
+    before the block that needs it: a transport that runs point-to-point operations in the order
+    they are posted (NCCL) then cannot deadlock, since a piece waits only on earlier ones.
     """
     rank, step = table.rank, -1 if backward else 1
     order = range(table.num_pieces - 1, -1, -1) if backward else range(table.num_pieces)
     blocks = _blocks(own_KHV.shape[1], num_blocks)
-    recvs, sends, sent, received = {}, [], 0, 0
-    for i in order:
-        src = table.holder(table.pieces[i].stream_index - step)
-        if src is not None and src[0] != rank:
-            for j, (lo, hi) in enumerate(blocks):
-                buf = into_PKHV[i, lo:hi]
-                tag = _tag(table.pieces[i].stream_index - step, j, num_blocks, backward)
-                recvs[i, j] = dist.irecv(buf, dist.get_global_rank(group, src[0]), group, tag)
-                received += buf.numel() * buf.element_size()
+    pending, sent, received = [], 0, 0
     for i in order:
         piece = table.pieces[i]
+        src = table.holder(piece.stream_index - step)
         dst = table.holder(piece.stream_index + step)
         through = piece.passes and piece.carries
         b_1H1 = b_PH[i][None, :, None]
         for j, (lo, hi) in enumerate(blocks):
+            if src is not None and src[0] != rank:
+                buf = into_PKHV[i, lo:hi]
+                tag = _tag(piece.stream_index - step, j, num_blocks, backward)
+                recv = dist.irecv(buf, dist.get_global_rank(group, src[0]), group, tag)
+                received += buf.numel() * buf.element_size()
+                if through:
+                    recv.wait()
+                else:
+                    pending.append(recv)
             if through:
-                if (i, j) in recvs:
-                    recvs.pop((i, j)).wait()
                 torch.add(own_KHV[i, lo:hi], b_1H1 * into_PKHV[i, lo:hi], out=out_PKHV[i, lo:hi])
             else:
                 out_PKHV[i, lo:hi] = own_KHV[i, lo:hi]
@@ -118,9 +128,9 @@ def _scan(table, own_KHV, b_PH, into_PKHV, out_PKHV, group, num_blocks, backward
             else:
                 buf = out_PKHV[i, lo:hi]
                 tag = _tag(piece.stream_index, j, num_blocks, backward)
-                sends.append(dist.isend(buf, dist.get_global_rank(group, dst[0]), group, tag))
+                pending.append(dist.isend(buf, dist.get_global_rank(group, dst[0]), group, tag))
                 sent += buf.numel() * buf.element_size()
-    for work in [*recvs.values(), *sends]:
+    for work in pending:
         work.wait()
     return sent, received
 
@@ -133,6 +143,7 @@ def start_scan(table, own_PHKV, b_PH, group, num_blocks, backward):
     job = _Background(
         lambda: _scan(table, own_PKHV, b_PH, into_PKHV, out_PKHV, group, num_blocks, backward),
         own_PHKV.device,
+        keep=(own_PKHV, out_PKHV, b_PH),
     )
     return job, into_PKHV
 
