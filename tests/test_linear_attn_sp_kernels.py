@@ -14,7 +14,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kernels.linear_attn_sp import correction_bwd, correction_fwd, naive, state_scan
+from kernels.linear_attn_sp import (
+    MAX_TRITON_HEAD_K,
+    correction_bwd,
+    correction_fwd,
+    naive,
+    state_scan,
+)
 from tests.common import assert_rel_close
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -110,3 +116,27 @@ def test_bad_backend_and_interpreter_dtype_raise():
     if DEVICE == "cpu" and TRITON_OK:
         with pytest.raises(ValueError, match="fp32 only"):
             state_scan(u.double(), b.double(), backend="triton")
+
+
+@needs_triton
+def test_triton_correction_refuses_heads_wider_than_one_tile():
+    q, gc, state, do = _segment(5, 1, MAX_TRITON_HEAD_K + 44, 4, True, torch.float32)
+    q, gc, state, do = (t.to(DEVICE) for t in (q, gc, state, do))
+    with pytest.raises(ValueError, match="K <= 256, got 300"):
+        correction_fwd(q, gc, state, 0.5, backend="triton")
+    with pytest.raises(ValueError, match="K <= 256, got 300"):
+        correction_bwd(q, gc, state, do, 0.5, backend="triton")
+
+
+@needs_triton
+def test_sp_layers_merge_wide_heads_with_torch():
+    from hetero_sp.parallel.linear_local import LocalWork
+    from hetero_sp.parallel.linear_pieces import piece_table
+    from hetero_sp.parallel.sharding import make_layout
+
+    table = piece_table(make_layout([8], 2), 0)
+    for head_k, merge in ((MAX_TRITON_HEAD_K, "triton"), (MAX_TRITON_HEAD_K + 1, "torch")):
+        q = torch.zeros(4, 1, head_k, device=DEVICE)
+        v = torch.zeros(4, 1, 3, device=DEVICE)
+        local = LocalWork(q, q, v, None, [0, 4], table, scale=1.0, backend="triton", record=False)
+        assert local.merge_backend == merge

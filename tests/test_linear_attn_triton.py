@@ -20,7 +20,7 @@ from hetero_sp.model import HybridLM, PackedSeqs
 from hetero_sp.model.backends import local_linear_attention, resolve_linear_backend
 from hetero_sp.reference import pack_documents
 from kernels.common.triton_utils import POISON_ENV, is_interpreter
-from kernels.linear_attn.chunk import chunk_linear_attn, document_log_decay
+from kernels.linear_attn.chunk import chunk_linear_attn
 from kernels.linear_attn.naive import naive_linear_attn
 from tests.common import assert_rel_close, random_docs, tiny_config
 
@@ -107,8 +107,9 @@ def test_matches_naive(case, decay):
 
 
 @pytest.mark.slow
-def test_matches_naive_T4097():
-    _check_against_naive(_inputs([4097], heads=1, dk=16, dv=16))
+@pytest.mark.parametrize("decay", [True, False], ids=["decay", "no-decay"])
+def test_matches_naive_T4097(decay):
+    _check_against_naive(_inputs([4097], heads=1, dk=16, dv=16, decay=decay))
 
 
 def test_head_dims_not_multiple_of_tile():
@@ -136,13 +137,6 @@ def test_without_initial_or_final_state():
     assert final is None
     o_ref, _ = naive_linear_attn(q, k, v, g, cu)
     assert_rel_close(o.cpu().double(), o_ref, RTOL, "o")
-
-
-def test_document_log_decay():
-    _, _, _, g, _, cu = _inputs([3, 0, 70])
-    expected = torch.stack([g[0:3].sum(0), torch.zeros(2, dtype=g.dtype), g[3:].sum(0)])
-    torch.testing.assert_close(document_log_decay(g, cu), expected.float())
-    assert document_log_decay(None, cu) is None
 
 
 def test_bad_inputs_are_rejected():

@@ -16,7 +16,10 @@ orders:
 Each part is recorded with autograd on detached copies of the inputs (``record``), the way a
 reentrant checkpoint does, and ``replay`` back-propagates any subset of them. States,
 summaries and corrections are computed in the wire dtype (fp32, or fp64 for fp64 inputs):
-they sum contributions of many tokens, and they are small.
+they sum contributions of many tokens, and they are small. One exception: LASP-2's u, when read
+off the local call's final states (``from_final``), has the local call's precision, since the
+chunk kernels return final states in the input dtype: for bf16 inputs it is rounded to bf16
+before it travels in fp32.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import torch
 
 from hetero_sp.model.backends import local_linear_attention, resolve_linear_backend
 from hetero_sp.parallel.linear_pieces import PieceTable
-from kernels.linear_attn_sp import correction_bwd, correction_fwd
+from kernels.linear_attn_sp import MAX_TRITON_HEAD_K, correction_bwd, correction_fwd
 
 
 def _reverse_cumsum(x_LH: torch.Tensor) -> torch.Tensor:
@@ -53,6 +56,8 @@ class LocalWork:
         self.table, self.scale, self.backend, self.record = table, scale, backend, record
         self.cu_seqlens = list(cu_seqlens)
         self.merge_backend = resolve_linear_backend(backend, q_THK.device)
+        if q_THK.shape[-1] > MAX_TRITON_HEAD_K:
+            self.merge_backend = "torch"  # the merge kernels hold K in one tile
         self.wire_dtype = torch.promote_types(q_THK.dtype, torch.float32)
         self.inputs = tuple(
             None if t is None else t.detach().requires_grad_(record)

@@ -37,10 +37,3 @@ def positions_in_segment(cu_seqlens: list[int], device: torch.device | None = No
     ids = segment_ids(cu_seqlens, device)
     starts = torch.tensor(cu_seqlens[:-1], device=device)
     return torch.arange(cu_seqlens[-1], device=device) - starts[ids]
-
-
-def segment_sum(x_T: torch.Tensor, cu_seqlens: list[int]) -> torch.Tensor:
-    """Sum of ``x`` over each document: [T, ...] -> [N, ...]; empty documents give 0."""
-    n = len(cu_seqlens) - 1
-    out = x_T.new_zeros((n, *x_T.shape[1:]))
-    return out.index_add(0, segment_ids(cu_seqlens, x_T.device), x_T)

@@ -16,7 +16,7 @@ import torch
 from kernels.common.chunks import ChunkIndex, prepare_chunk_index
 from kernels.common.cumsum import chunk_local_cumsum
 from kernels.common.triton_utils import check_kernel_device
-from kernels.common.varlen import as_list, segment_sum
+from kernels.common.varlen import as_list
 from kernels.linear_attn.chunk_bwd import chunk_bwd_dh, chunk_bwd_dv
 from kernels.linear_attn.chunk_bwd_dqkg import chunk_bwd_dqkg
 from kernels.linear_attn.chunk_fwd import chunk_fwd_h, chunk_fwd_o
@@ -158,14 +158,3 @@ def chunk_linear_attn(
         float(scale),
         output_final_state,
     )
-
-
-def document_log_decay(
-    g_TH: torch.Tensor | None, cu_seqlens: torch.Tensor | list[int]
-) -> torch.Tensor | None:
-    """Each document's total log-decay over its tokens, fp32 [N, H] (0 for an empty document):
-    the factor exp(.) by which a state entering the document is decayed when it leaves. None
-    when there is no decay (``g_TH is None``)."""
-    if g_TH is None:
-        return None
-    return segment_sum(g_TH.float(), as_list(cu_seqlens))

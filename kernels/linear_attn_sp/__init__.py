@@ -11,6 +11,9 @@ import torch
 
 from kernels.linear_attn_sp import naive
 
+MAX_TRITON_HEAD_K = 256
+"""The Triton merge kernels hold a head's K in one tile: they take K up to this."""
+
 
 def _impl(backend: str):
     if backend == "triton":
@@ -55,4 +58,4 @@ def correction_bwd(
     return _impl(backend).correction_bwd(q_LHK, gc_LH, state_HKV, do_LHV, scale)
 
 
-__all__ = ["correction_bwd", "correction_fwd", "state_scan"]
+__all__ = ["MAX_TRITON_HEAD_K", "correction_bwd", "correction_fwd", "state_scan"]

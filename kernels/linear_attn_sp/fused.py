@@ -19,6 +19,8 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels.linear_attn_sp import MAX_TRITON_HEAD_K
+
 
 def _check_device(*tensors: torch.Tensor | None) -> None:
     present = [t for t in tensors if t is not None]
@@ -31,6 +33,14 @@ def _check_device(*tensors: torch.Tensor | None) -> None:
         )
     if any(t.dtype != torch.float32 for t in present):
         raise ValueError("under TRITON_INTERPRET=1 the SP kernels run fp32 only; cast to float32")
+
+
+def _check_head_k(head_k: int) -> None:
+    if head_k > MAX_TRITON_HEAD_K:
+        raise ValueError(
+            f"the Triton SP correction kernels take head dims K <= {MAX_TRITON_HEAD_K}, got {head_k}; "
+            "use the torch merge backend (the SP layers pick it for such heads)"
+        )
 
 
 POISON_ENV = "HETERO_SP_POISON_OUTPUTS"
@@ -207,11 +217,12 @@ def correction_fwd(
     """Output added by the incoming state; see ``naive.correction_fwd``."""
     _check_device(q_LHK, gc_LH, state_HKV)
     length, heads, head_k = q_LHK.shape
+    _check_head_k(head_k)
     head_v = state_HKV.shape[-1]
     q_LHK, state_HKV = q_LHK.contiguous(), state_HKV.contiguous()
     gc_LH = gc_LH.contiguous() if gc_LH is not None else None
     o_LHV = _new_output((length, heads, head_v), state_HKV.dtype, q_LHK.device)
-    BT, BK, BV = 32, _tile(head_k, 256), _tile(head_v, 64)
+    BT, BK, BV = 32, _tile(head_k, MAX_TRITON_HEAD_K), _tile(head_v, 64)
     grid = (triton.cdiv(length, BT), triton.cdiv(head_v, BV), heads)
     correction_fwd_kernel[grid](
         q_LHK, gc_LH if gc_LH is not None else q_LHK, state_HKV, o_LHV, length, scale,
@@ -230,13 +241,14 @@ def correction_bwd(
     """Gradients of the correction; see ``naive.correction_bwd``."""
     _check_device(q_LHK, gc_LH, state_HKV, do_LHV)
     length, heads, head_k = q_LHK.shape
+    _check_head_k(head_k)
     head_v = state_HKV.shape[-1]
     q_LHK, state_HKV, do_LHV = q_LHK.contiguous(), state_HKV.contiguous(), do_LHV.contiguous()
     gc_LH = gc_LH.contiguous() if gc_LH is not None else None
     dtype, device = state_HKV.dtype, q_LHK.device
     dq_LHK = _new_output((length, heads, head_k), dtype, device)
     dgc_LH = _new_output((length, heads), dtype, device) if gc_LH is not None else None
-    BT, BK, BV = 32, _tile(head_k, 256), _tile(head_v, 64)
+    BT, BK, BV = 32, _tile(head_k, MAX_TRITON_HEAD_K), _tile(head_v, 64)
     # Long segments reduce in BL-token slices in parallel, then sum the partial states.
     BL = BT * min(64, triton.cdiv(max(length, 1), BT))
     partial_SHKV = _new_output((triton.cdiv(max(length, 1), BL), *state_HKV.shape), dtype, device)
