@@ -44,3 +44,19 @@ def test_token_count_must_match_cu_seqlens():
     model = tiny_model("LS")
     with pytest.raises(ValueError, match="cu_seqlens covers 5"):
         model(torch.zeros(6, dtype=torch.long), PackedSeqs.from_lengths([2, 3]))
+
+
+def test_flash_backend_only_for_half_precision(monkeypatch):
+    from hetero_sp.model import backends
+
+    cuda = torch.device("cuda")
+    monkeypatch.setattr(backends, "_flash_attn_varlen", lambda: object())  # "installed"
+    assert backends.resolve_softmax_backend("auto", cuda, torch.bfloat16) == "flash"
+    assert backends.resolve_softmax_backend("auto", cuda, torch.float32) == "torch"
+    assert backends.resolve_softmax_backend("flash", cuda, torch.float16) == "flash"
+    with pytest.raises(ValueError, match="'flash' takes fp16 or bf16 tensors, got torch.float32"):
+        backends.resolve_softmax_backend("flash", cuda, torch.float32)
+    monkeypatch.setattr(backends, "_flash_attn_varlen", lambda: None)  # not installed
+    assert backends.resolve_softmax_backend("auto", cuda, torch.bfloat16) == "torch"
+    with pytest.raises(ValueError, match="needs flash-attn installed"):
+        backends.resolve_softmax_backend("flash", cuda, torch.bfloat16)

@@ -35,7 +35,14 @@ def _flash_attn_varlen():
     return flash_attn_varlen_func
 
 
-def resolve_softmax_backend(name: str, device: torch.device) -> str:
+FLASH_DTYPES = (torch.float16, torch.bfloat16)
+"""flash-attn's kernels take half precision only."""
+
+
+def resolve_softmax_backend(
+    name: str, device: torch.device, dtype: torch.dtype | None = None
+) -> str:
+    """The softmax backend for tensors on ``device`` of ``dtype`` (None: any half dtype)."""
     if name not in ("auto", "flash", "torch"):
         raise ValueError(f"softmax backend {name!r} is unknown; allowed: auto, flash, torch")
     have_flash = device.type == "cuda" and _flash_attn_varlen() is not None
@@ -44,8 +51,14 @@ def resolve_softmax_backend(name: str, device: torch.device) -> str:
             "softmax backend 'flash' needs flash-attn installed (pip install 'hetero-sp[gpu]') "
             "and CUDA tensors; use parallel.softmax_backend=torch or auto"
         )
+    half = dtype is None or dtype in FLASH_DTYPES
+    if name == "flash" and not half:
+        raise ValueError(
+            f"softmax backend 'flash' takes fp16 or bf16 tensors, got {dtype}; train with "
+            "train.precision=bf16 or use parallel.softmax_backend=torch or auto"
+        )
     if name == "auto":
-        return "flash" if have_flash else "torch"
+        return "flash" if have_flash and half else "torch"
     return name
 
 
@@ -95,7 +108,7 @@ def varlen_softmax_attention(
         raise ValueError("query and key streams must have the same number of documents")
     if scale is None:
         scale = q_THE.shape[-1] ** -0.5
-    if resolve_softmax_backend(backend, q_THE.device) == "flash":
+    if resolve_softmax_backend(backend, q_THE.device, q_THE.dtype) == "flash":
         cu_q = torch.tensor(cu_seqlens_q, dtype=torch.int32, device=q_THE.device)
         cu_k = torch.tensor(cu_seqlens_k, dtype=torch.int32, device=q_THE.device)
         max_q = max(b - a for a, b in zip(cu_seqlens_q, cu_seqlens_q[1:]))
