@@ -62,7 +62,8 @@ GROUPS = {2: (2, [0, 1]), 3: (4, [1, 2, 3]), 4: (4, [0, 1, 2, 3])}
 )
 def test_softmax_model_on_group_equals_reference(strategy, P):
     world, group_ranks = GROUPS[P]
-    results = [run_ranks(_model_step, world, strategy, group_ranks)[r] for r in group_ranks]
+    per_rank = run_ranks(_model_step, world, strategy, group_ranks)
+    results = [per_rank[r] for r in group_ranks]
 
     ref = reference_step(tiny_model(LAYERS), *pack_documents(random_docs(LENGTHS)))
     layout = make_layout(LENGTHS, P, layout_kind_for(strategy))

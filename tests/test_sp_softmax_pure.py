@@ -18,7 +18,6 @@ from hetero_sp.parallel import (
     causal_pairs,
     layout_kind_for,
     make_layout,
-    padding_metrics,
     ulysses_supported,
 )
 from hetero_sp.parallel.comm import CommBytes, ulysses_bytes
@@ -163,12 +162,6 @@ def test_layout_kind_for_each_strategy():
     assert layout_kind_for("allgather_kv") == "zigzag"
     with pytest.raises(ValueError, match="'ring' is unknown; available: allgather_kv, ulysses"):
         layout_kind_for("ring")
-
-
-def test_padding_metrics():
-    layouts = [make_layout([5, 4], 4), make_layout([8], 2, "zigzag"), make_layout([3], 1)]
-    assert padding_metrics(layouts) == {"padding/tokens": 3, "padding/fraction": 3 / 23}
-    assert padding_metrics([]) == {"padding/tokens": 0, "padding/fraction": 0.0}
 
 
 def test_strategies_register_whichever_package_is_imported_first():

@@ -17,7 +17,6 @@ from hetero_sp.parallel.sharding import (
     Segment,
     causal_pairs,
     make_layout,
-    padding_metrics,
 )
 
 SOFTMAX_STRATEGIES: dict[str, Callable] = {}
@@ -82,7 +81,6 @@ __all__ = [
     "layout_kind_for",
     "linear_strategy",
     "make_layout",
-    "padding_metrics",
     "pool_blocks",
     "softmax_strategy",
     "ulysses_attention",

@@ -283,11 +283,3 @@ def causal_pairs(layout: GroupLayout, rank: int) -> int:
         q, k = seg.end - seg.start, seg.end - layout.cu_seqlens[seg.doc]
         total += q * k - q * (q - 1) // 2
     return total
-
-
-def padding_metrics(layouts: list[GroupLayout] | tuple[GroupLayout, ...]) -> dict[str, float]:
-    """Padding of a step's groups, as flat metrics (``padding/tokens``, ``padding/fraction`` of
-    all tokens the groups run)."""
-    pad = sum(layout.num_pad for layout in layouts)
-    total = sum(layout.num_tokens for layout in layouts)
-    return {"padding/tokens": pad, "padding/fraction": pad / total if total else 0.0}
