@@ -184,7 +184,51 @@ def run_checks(device, dry_run: bool) -> list[dict]:
         checks.append(
             {"name": "no recompile for a new T", "before": before, "after": after, "pass": ok}
         )
+    run_merge_checks(device, dry_run, checks)
     return checks
+
+
+def run_merge_checks(device, dry_run: bool, checks: list[dict]) -> None:
+    """The SP merge kernels (decayed scan over pieces, correction from an incoming state) in
+    fp32 against their torch reference on the same device."""
+    import torch
+    import torch.nn.functional as F
+
+    from kernels.linear_attn_sp import MAX_TRITON_HEAD_K, correction_bwd, correction_fwd, state_scan
+
+    gen = torch.Generator(device="cpu").manual_seed(7)
+
+    def rnd(*shape):
+        return torch.randn(*shape, generator=gen).to(device)
+
+    heads, num, length = (2, 5, 70) if dry_run else (8, 16, 5000)
+    for dk, dv in ((32, 16),) if dry_run else ((128, 128), (MAX_TRITON_HEAD_K, 64)):
+        u, b = rnd(num, heads, dk, dv), torch.rand(num, heads, generator=gen).to(device)
+        for reverse in (False, True):
+            got, ref = (
+                {"x": state_scan(u, b, reverse, backend=be).double().cpu()}
+                for be in ("triton", "torch")
+            )
+            compare(
+                f"state_scan K={dk} V={dv} reverse={reverse}", got, ref, "max-rel", 1e-5, checks
+            )
+        q, state, do = rnd(length, heads, dk), rnd(heads, dk, dv), rnd(length, heads, dv)
+        gc = F.logsigmoid(rnd(length, heads) + 4).cumsum(0)
+        for g in (gc, None):
+            got, ref = (
+                {
+                    "o": correction_fwd(q, g, state, 0.3, backend=be),
+                    **dict(
+                        zip(("dq", "dgc", "dS"), correction_bwd(q, g, state, do, 0.3, backend=be))
+                    ),
+                }
+                for be in ("triton", "torch")
+            )
+            got, ref = (
+                {k: t.double().cpu() for k, t in d.items() if t is not None} for d in (got, ref)
+            )
+            name = f"correction L={length} K={dk} V={dv} decay={g is not None}"
+            compare(name, got, ref, "max-rel", 1e-4, checks)
 
 
 def load_fla():
