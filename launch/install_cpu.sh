@@ -15,7 +15,17 @@ if [[ ! -x .venv/bin/python ]]; then
   "$PY" -m venv .venv
 fi
 PIP=(.venv/bin/python -m pip install --quiet --disable-pip-version-check -c constraints/cpu.txt)
-"${PIP[@]}" "torch==2.13.0" numpy setuptools wheel ninja
+# PyPI's Linux torch wheels are CUDA builds (GBs). Where pip is not already set up to find the
+# CPU build, point it at PyTorch's CPU index: HETERO_SP_TORCH_INDEX=https://download.pytorch.org/whl/cpu
+TORCH_INDEX=()
+if [[ -n ${HETERO_SP_TORCH_INDEX:-} ]]; then
+  TORCH_INDEX=(--extra-index-url "$HETERO_SP_TORCH_INDEX")
+fi
+"${PIP[@]}" "${TORCH_INDEX[@]}" "torch==2.13.0" numpy setuptools wheel ninja
+if [[ $(.venv/bin/python -c "import torch; print(torch.version.cuda or '')") ]]; then
+  echo "note: pip installed a CUDA build of torch; for the CPU build run again with" \
+    "HETERO_SP_TORCH_INDEX=https://download.pytorch.org/whl/cpu after rm -rf .venv" >&2
+fi
 # DeepSpeed ships as source only and imports torch while building: build it against the torch
 # above instead of letting pip fetch another one into an isolated build environment.
 "${PIP[@]}" --no-build-isolation "deepspeed==0.19.8"
