@@ -183,3 +183,27 @@ def test_a_damaged_dataset_folder_is_refused(tmp_path):
     shard.write_bytes(shard.read_bytes()[:-2])
     with pytest.raises(DatasetError, match="shard_00000.bin is missing or not"):
         load_dataset(tmp_path / "out")
+
+
+def test_prepare_memory_does_not_grow_with_the_input(tmp_path):
+    """Records stream through bounded buffers: 8x the input, same peak of traced memory
+    (numpy registers its buffers with tracemalloc)."""
+    import tracemalloc
+
+    peaks = {}
+    for docs in (500, 4000):  # 1 MB and 8 MB of jsonl
+        path = write_jsonl(tmp_path / f"in{docs}.jsonl", ["x" * 2000] * docs)
+        tracemalloc.start()
+        try:
+            prepare(
+                discover_sources([str(path)]),
+                tmp_path / f"out{docs}",
+                ByteTokenizer(),
+                shard_tokens=50_000,
+                progress=False,
+            )
+            peaks[docs] = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    assert peaks[4000] < 1.5 * peaks[500], peaks
+    assert peaks[4000] < 8e6 / 2, peaks  # well under the input's size

@@ -11,7 +11,7 @@ from hetero_sp.cli import main as cli_main
 from hetero_sp.data.discover import discover_sources
 from hetero_sp.data.prepare import PrepareError, prepare
 from hetero_sp.data.tokenizer import ByteTokenizer, HFTokenizer
-from tests.test_prepare import write_jsonl, write_parquet
+from tests.test_prepare import write_hf, write_jsonl, write_parquet
 
 
 def _hf_tokenizer(tmp_path):
@@ -30,6 +30,16 @@ def _case(tmp_path, name):
         p = tmp_path / "a.jsonl"
         p.write_text('{"text": "ok"}\n{"text": "ok"}\n{"text": "cut off\n{"text": "ok"}\n')
         return p, byte, "corrupt_record", 3, "is not valid JSON"
+    if name == "json_array":
+        p = tmp_path / "a.json"
+        p.write_text('[\n  {"text": "ok"}\n]\n')
+        return (
+            p,
+            byte,
+            "corrupt_record",
+            1,
+            r"is not valid JSON .*one JSON array, not JSON lines .*jq -c '\.\[\]' a\.json",
+        )
     if name == "no_field":
         p = tmp_path / "a.jsonl"
         p.write_text('{"text": "ok"}\n{"body": "x", "id": 1}\n')
@@ -75,6 +85,7 @@ def _case(tmp_path, name):
 
 CASES = [
     "bad_json",
+    "json_array",
     "no_field",
     "not_a_string",
     "empty",
@@ -196,3 +207,32 @@ def test_output_folder_misuse_is_refused_and_fixed_inputs_resume(tmp_path):
     ):
         run("change_a")
     assert run("change_a", overwrite=True)["documents"] == 5
+
+
+def test_dataset_splits_are_chosen_or_refused(tmp_path):
+    import datasets
+
+    folder = tmp_path / "dd"
+    datasets.DatasetDict(
+        {
+            "train": datasets.Dataset.from_dict({"text": ["one", "two"]}),
+            "test": datasets.Dataset.from_dict({"text": ["three"]}),
+        }
+    ).save_to_disk(str(folder))
+    with pytest.raises(ValueError, match="holds the splits train, test; choose one with --split"):
+        prepare(discover_sources([str(folder)]), tmp_path / "o1", ByteTokenizer(), progress=False)
+    result = prepare(
+        discover_sources([str(folder)], split="test"),
+        tmp_path / "o2",
+        ByteTokenizer(),
+        progress=False,
+    )
+    assert result["documents"] == 1
+    plain = write_hf(tmp_path / "plain", ["x", "y"])
+    with pytest.raises(ValueError, match="holds one dataset without splits; drop --split train"):
+        prepare(
+            discover_sources([str(plain)], split="train"),
+            tmp_path / "o3",
+            ByteTokenizer(),
+            progress=False,
+        )

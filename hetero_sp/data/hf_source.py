@@ -76,6 +76,10 @@ class HFDiskSource(Source):
                     f"{self.path} holds the splits {', '.join(ds)}; choose one with --split"
                 )
             return ds[self.split]
+        if self.split is not None:
+            raise SplitError(
+                f"{self.path} holds one dataset without splits; drop --split {self.split}"
+            )
         return ds
 
     def records(self, after: int = 0) -> Iterator[Record]:

@@ -98,14 +98,21 @@ class JsonlSource(Source):
     def _parse(self, number: int, line: bytes) -> Record:
         if not line.strip():
             return Record(number, None, nbytes=len(line))
+        array = line.lstrip().startswith(b"[")
+        hint = (
+            "; the file looks like one JSON array, not JSON lines (one object per line): "
+            f"convert it, e.g. jq -c '.[]' {self.path.name} > {self.path.stem}.jsonl"
+            if array
+            else ""
+        )
         try:
             obj = json.loads(line)
         except ValueError as err:
-            return Record(number, None, (CORRUPT, f"is not valid JSON ({err})"), len(line))
+            return Record(number, None, (CORRUPT, f"is not valid JSON ({err}){hint}"), len(line))
         if not isinstance(obj, dict):
             problem = (
                 MISSING,
-                f"is a JSON {type(obj).__name__}, not an object with {self.field!r}",
+                f"is a JSON {type(obj).__name__}, not an object with {self.field!r}{hint}",
             )
             return Record(number, None, problem, len(line))
         if self.field not in obj:
