@@ -334,7 +334,8 @@ class PlannerConfig:
     """Memory per rank in GiB that plans are sized for (they fill at most 90% of it); 0: the
     profile's device memory."""
     time_limit_s: float = 0.5
-    """Wall-clock budget of one step's MILP solve; the best plan found by then is used."""
+    """Wall-clock planning time of one step: MILP rounds and local search stop at it (the
+    first round gets at least 0.05 s; bucketing and the homogeneous fall-back always run)."""
     num_buckets: int = 16
     """Length buckets of the MILP (dynamic-programming bucketing)."""
     max_group_size: int = 0

@@ -14,11 +14,13 @@ class PlannerOptions:
     num_buckets: int = 16
     """Length buckets of the MILP (DP bucketing)."""
     time_limit_s: float = 0.5
-    """Planning time per step (wall clock), shared by its micro-batches: each gets what is left
-    over the micro-batches left, and its MILP at least ``min_time_limit_s``; the best plan found
-    by then is used."""
+    """Wall-clock planning time of one step, shared by its micro-batches: MILP rounds are capped
+    to end by it and local search stops at it; the best plan found by then is used. Bucketing,
+    the homogeneous fall-back and the assignment of each micro-batch run regardless, and the
+    step's first MILP round gets at least ``min_time_limit_s`` (see ``StepBudget``)."""
     min_time_limit_s: float = 0.05
-    """Least MILP time a micro-batch gets."""
+    """Least time of a MILP round: one starts only while this much of the step's time is left
+    (the step's first round always)."""
     rel_gap: float = 0.005
     """Relative MILP gap at which the solver stops early."""
     explicit_slots: int = 8
