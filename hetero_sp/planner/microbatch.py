@@ -106,7 +106,9 @@ def plan_micro_batch(
     if budget is None:
         budget = StepBudget(options)
     lb = cost.lower_bound(lengths)
-    buckets = bucket_lengths(lengths, options.num_buckets)
+    buckets = bucket_lengths(
+        lengths, options.bucket_cap, options.max_bucket_error, options.num_buckets
+    )
     means = tuple(int(round(float(np.mean(lengths[list(m)])))) for m in buckets.members)
     bucket_of = np.empty(len(lengths), dtype=np.int64)
     rounded = np.empty(len(lengths), dtype=np.int64)
