@@ -5,8 +5,9 @@ For the same batches of long-tailed lengths it compares, in predicted step time:
 - homogeneous: the best single degree chosen per batch,
 - HeteroSP: the planner's heterogeneous groups,
 - lower bounds: total GPU-seconds / GPUs (or the slowest sequence), and the MILP's own bound;
-plus the planner's solve time (p50/p95), and how long the training loop waits for a plan
-solved one step ahead (``PlanAhead``) while a fake step keeps the CPU busy.
+plus the planner's solve time (p50/p95), the p95 over micro-batches of the bucket token error
+(tokens that rounding every length up to its bucket's longest adds), and how long the training
+loop waits for a plan solved one step ahead (``PlanAhead``) while a fake step keeps the CPU busy.
 
 Writes benchmarks/results/planner.json and one Gantt chart, benchmarks/results/planner_gantt.png.
 
@@ -56,7 +57,8 @@ def run_config(num_gpus, dist, args, profile, model):
     cost = CostModel(
         profile, profile.topology(num_gpus, **overrides), zero_stage=args.zero_stage, model=model
     )
-    planner = Planner(cost, PlannerOptions(time_limit_s=args.time_limit))
+    options = PlannerOptions(time_limit_s=args.time_limit, max_bucket_error=args.max_bucket_error)
+    planner = Planner(cost, options)
     rng = np.random.default_rng([args.seed, num_gpus, list(DISTRIBUTIONS).index(dist)])
     max_len = cost.groups[cost.sizes[-1]].max_tokens
     num_seqs = args.seqs or DEFAULT_SEQS.get(num_gpus, 8 * num_gpus)
@@ -79,6 +81,7 @@ def run_config(num_gpus, dist, args, profile, model):
                 milp_bound_s=milp_bound(plan),
                 solve_s=solve_s,
                 max_gap=max((mb.solver.gap or 0.0) for mb in plan.micro_batches),
+                token_errors=[mb.solver.token_error for mb in plan.micro_batches],
             )
         )
     static = {}
@@ -107,6 +110,7 @@ def run_config(num_gpus, dist, args, profile, model):
         over_split_bound=hetero / sum(r["split_bound_s"] for r in rows),
         solve_p50_s=float(np.percentile(solve, 50)),
         solve_p95_s=float(np.percentile(solve, 95)),
+        token_error_p95=float(np.percentile([e for r in rows for e in r["token_errors"]], 95)),
         micro_batches=float(np.mean([r["micro_batches"] for r in rows])),
         batches_detail=rows,
     )
@@ -163,6 +167,12 @@ def main() -> int:
     parser.add_argument("--batches", type=int, default=12, help="batches per configuration")
     parser.add_argument("--seqs", type=int, default=0, help="sequences per batch (0: by GPUs)")
     parser.add_argument("--time-limit", type=float, default=PlannerOptions().time_limit_s)
+    parser.add_argument(
+        "--max-bucket-error",
+        type=float,
+        default=PlannerOptions().max_bucket_error,
+        help="token error the bucketing aims under (0: exactly 16 buckets)",
+    )
     parser.add_argument("--zero-stage", type=int, default=3)
     parser.add_argument("--layers", default="", help="override the layer pattern (e.g. SSSS...)")
     parser.add_argument("--inter-node-gbps", type=float, default=0.0, help="override, GB/s")
@@ -184,7 +194,7 @@ def main() -> int:
     header = (
         f"{'gpus':>4} {'dist':>12} {'seqs':>5} {'mb':>4} {'static':>9} {'d':>3} {'homog':>9} "
         f"{'hetero':>9} {'x static':>8} {'x homog':>7} {'/LB':>6} {'/splitLB':>8} {'/MILPb':>6} "
-        f"{'p50 s':>6} {'p95 s':>6}"
+        f"{'p50 s':>6} {'p95 s':>6} {'err p95':>7}"
     )
     print(header)
     for num_gpus in map(int, args.gpus.split(",")):
@@ -199,7 +209,7 @@ def main() -> int:
                 f"{s['hetero_s']:>9.1f} {s['speedup_vs_static']:>8.2f} {s['speedup_vs_homog']:>7.2f} "
                 f"{s['over_lower_bound']:>6.3f} {s['over_split_bound']:>8.3f} "
                 f"{s['hetero_s'] / s['milp_bound_s']:>6.3f} {s['solve_p50_s']:>6.2f} "
-                f"{s['solve_p95_s']:>6.2f}",
+                f"{s['solve_p95_s']:>6.2f} {s['token_error_p95']:>7.1%}",
                 flush=True,
             )
     plan, cost, title = gantt_plan

@@ -334,9 +334,13 @@ class PlannerConfig:
     """Memory per rank in GiB that plans are sized for (they fill at most 90% of it); 0: the
     profile's device memory."""
     time_limit_s: float = 0.5
-    """Wall-clock budget of one step's MILP solve; the best plan found by then is used."""
+    """Wall-clock planning time of one step: MILP rounds and local search stop at it (the
+    first round gets at least 0.05 s; bucketing and the homogeneous fall-back always run)."""
     num_buckets: int = 16
     """Length buckets of the MILP (dynamic-programming bucketing)."""
+    max_bucket_error: float = 0.05
+    """Add buckets (up to 4x num_buckets) until rounding every length up to its bucket's longest
+    adds at most this fraction of the tokens; 0: exactly num_buckets."""
     max_group_size: int = 0
     """Largest SP group a plan may use (0: as large as the world and the profile allow)."""
     run_ahead: bool = True
@@ -348,6 +352,9 @@ class PlannerConfig:
         _require(self.memory_gb >= 0, s, "memory_gb", "must be >= 0 (0: the profile's memory)")
         _require(self.time_limit_s > 0, s, "time_limit_s", "must be positive")
         _require(self.num_buckets >= 1, s, "num_buckets", "must be >= 1")
+        _require(
+            0 <= self.max_bucket_error < 1, s, "max_bucket_error", "must be in [0, 1) (0: off)"
+        )
         _require(self.max_group_size >= 0, s, "max_group_size", "must be >= 0 (0: no cap)")
 
 

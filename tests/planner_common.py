@@ -68,10 +68,17 @@ def size_multisets(sizes: Sequence[int], world: int):
     yield from (m for m in rec(world, world) if m)
 
 
-def brute_force(lengths: Sequence[int], cost: CostModel) -> float:
-    """The least makespan of one micro-batch over every group structure and assignment."""
+def brute_force(lengths: Sequence[int], cost: CostModel, homogeneous: bool = False) -> float:
+    """The least makespan of one micro-batch over every group structure and assignment; with
+    ``homogeneous``, over the structures of one group size only (as many groups as fit)."""
     best = float("inf")
-    for sizes in size_multisets(cost.sizes, cost.topology.num_gpus):
+    world = cost.topology.num_gpus
+    structures = (
+        [(d,) * (world // d) for d in cost.sizes]
+        if homogeneous
+        else size_multisets(cost.sizes, world)
+    )
+    for sizes in structures:
         groups = [cost.groups[d] for d in sizes]
         for where in itertools.product(range(len(groups)), repeat=len(lengths)):
             members = [[s for s, g in zip(lengths, where) if g == k] for k in range(len(groups))]

@@ -51,6 +51,35 @@ def test_tiny_instances_reach_the_brute_force_optimum(world, tokens_per_gpu, len
     assert plan.predicted_step_s == pytest.approx(best, rel=1e-9)
 
 
+SLOW_LINKS = dict(intra_bw=1e7, inter_bw=1e6)
+LINEAR_SLOW_LINKS = dict(a2=0.0, intra_bw=1e7, inter_bw=1e6)
+
+# Tiny batches whose optimum mixes group sizes: communication is expensive (slow links), so a
+# sequence runs on more than one GPU only when memory needs it or the others are busy. Each
+# one's brute-force optimum beats every homogeneous layout (asserted below), so only the MILP
+# reaches it: the planner's fall-back is the best homogeneous layout.
+MIXED = [
+    (4, 600, SLOW_LINKS, [345, 414, 578, 252, 546]),
+    (4, 1000, LINEAR_SLOW_LINKS, [1692, 507, 754, 209, 397]),  # 1692 tokens need 2 GPUs
+    (4, 2000, SLOW_LINKS, [562, 1893, 1398, 1028, 625]),
+    (4, 600, dict(intra_bw=3e7), [748, 588, 594, 235, 154]),
+    (3, 5000, LINEAR_SLOW_LINKS, [5188, 892, 838, 763, 382]),  # world 3: sizes 1, 2 and 3
+    (3, 600, LINEAR_SLOW_LINKS, [319, 391, 393, 408, 169]),
+]
+
+
+@pytest.mark.parametrize("world,tokens_per_gpu,fit,lengths", MIXED)
+def test_mixed_optima_need_the_milp(world, tokens_per_gpu, fit, lengths):
+    cost = synthetic_cost(world, tokens_per_gpu, fit=fit)
+    best = brute_force(lengths, cost)
+    assert best < brute_force(lengths, cost, homogeneous=True) * (1 - 0.02)
+    plan = plan_batch(lengths, cost, EXACT)
+    (mb,) = plan.micro_batches
+    assert plan.predicted_step_s == pytest.approx(best, rel=1e-9)
+    assert len({g.size for g in mb.groups if g.sequences}) > 1
+    assert mb.solver.solver == "highs"
+
+
 def test_aggregated_classes_bound_the_optimum_from_below():
     """With every size aggregated (fluid), the MILP objective is a relaxation: <= optimum."""
     cost = synthetic_cost(4, 5000)
@@ -180,9 +209,10 @@ def test_bad_options_raise(kwargs, match):
 
 
 @pytest.mark.parametrize("solver", ["highs", "cbc"])
-def test_both_solvers_give_the_optimum(solver):
-    cost = synthetic_cost(4, 5000)
-    lengths = [1000, 700, 650, 300, 80]
+@pytest.mark.parametrize("world,tokens_per_gpu,fit,lengths", [MIXED[1], MIXED[4]])
+def test_both_solvers_give_the_optimum(solver, world, tokens_per_gpu, fit, lengths):
+    cost = synthetic_cost(world, tokens_per_gpu, fit=fit)
     plan = plan_batch(lengths, cost, dataclasses.replace(EXACT, solver=solver))
     assert plan.predicted_step_s == pytest.approx(brute_force(lengths, cost), rel=1e-9)
-    assert plan.micro_batches[0].solver.solver in (solver, "homogeneous")
+    assert plan.micro_batches[0].solver.solver == solver
+    assert plan.micro_batches[0].solver.status == "optimal"

@@ -116,6 +116,7 @@ def make_plan_fn(cfg: Config, cost: CostModel) -> Callable[[Sequence[int]], Plan
             time_limit_s=cfg.planner.time_limit_s,
             min_time_limit_s=min(0.05, cfg.planner.time_limit_s),
             num_buckets=cfg.planner.num_buckets,
+            max_bucket_error=cfg.planner.max_bucket_error,
         ),
     )
     return planner

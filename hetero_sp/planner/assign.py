@@ -11,6 +11,7 @@ largest groups first at increasing offsets, which keeps every block aligned.
 from __future__ import annotations
 
 import heapq
+import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -80,9 +81,12 @@ class Packing:
             self.add(i, int(groups[int(np.argmin(after))]))
         return failed
 
-    def improve(self, max_rounds: int) -> None:
-        """Move or swap sequences off the most loaded group while that lowers its load."""
+    def improve(self, max_rounds: int, deadline: float | None = None) -> None:
+        """Move or swap sequences off the most loaded group while that lowers its load; stop
+        after ``max_rounds`` moves or at ``deadline`` (``time.perf_counter()`` seconds)."""
         for _ in range(max_rounds):
+            if deadline is not None and time.perf_counter() >= deadline:
+                return
             loads = self.loads()
             g = int(np.argmax(loads))
             top = loads[g]
@@ -124,7 +128,11 @@ class Packing:
 
 
 def homogeneous(
-    lengths: np.ndarray, cost: CostModel, size: int, improve_rounds: int
+    lengths: np.ndarray,
+    cost: CostModel,
+    size: int,
+    improve_rounds: int,
+    deadline: float | None = None,
 ) -> Packing | None:
     """Every group of one size; None when the sequences do not fit in memory.
 
@@ -138,7 +146,7 @@ def homogeneous(
     if pack is None:
         pack = _first_fit(Packing(lengths, cost, sizes), order)
     if pack is not None:
-        pack.improve(improve_rounds)
+        pack.improve(improve_rounds, deadline)
     return pack
 
 
@@ -170,7 +178,12 @@ def _first_fit(pack: Packing, order: Sequence[int]) -> Packing | None:
 
 
 def realize(
-    lengths: np.ndarray, cost: CostModel, buckets: Buckets, result: MilpResult, improve_rounds: int
+    lengths: np.ndarray,
+    cost: CostModel,
+    buckets: Buckets,
+    result: MilpResult,
+    improve_rounds: int,
+    deadline: float | None = None,
 ) -> Packing | None:
     """Concrete groups for a MILP solution; None when some sequence fits nowhere."""
     explicit = list(result.groups)
@@ -207,7 +220,7 @@ def realize(
         homeless += pack.lpt(pool, members)
     if pack.lpt(homeless):
         return None
-    pack.improve(improve_rounds)
+    pack.improve(improve_rounds, deadline)
     return pack
 
 

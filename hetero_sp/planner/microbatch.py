@@ -9,6 +9,9 @@
    promised (the aggregation hides how sequences pack into groups), a second round models the
    big sizes group by group (``explicit_slots``), warm-started from the best plan so far.
 4. The best concrete plan (true lengths) wins; ranks are placed last.
+
+Time: a :class:`StepBudget` caps the MILP rounds and the local search of a whole step; the
+bucketing, the homogeneous packings and the final assignment always run.
 """
 
 from __future__ import annotations
@@ -26,6 +29,34 @@ from hetero_sp.planner.options import PlannerOptions
 from hetero_sp.planner.plan import MicroBatchPlan, SolverStats
 
 _FIRST_ROUND_SHARE = 0.5  # of the micro-batch's MILP time, for the aggregated first round
+
+
+class StepBudget:
+    """One step's planning time: ``options.time_limit_s`` of wall clock from its creation,
+    shared by the step's micro-batches, each getting an equal part of what is left when it
+    starts. A MILP round gets a fraction of what is left of its micro-batch's part, at least
+    ``min_time_limit_s`` and never past the deadline, and starts only while that floor is left;
+    the step's first round always gets the floor (so one round may overrun the deadline by up to
+    ``min_time_limit_s``). Local search stops at the deadline."""
+
+    def __init__(self, options: PlannerOptions) -> None:
+        self.deadline = time.perf_counter() + options.time_limit_s
+        self.floor_s = options.min_time_limit_s
+        self.part_end = self.deadline
+        self.floor_given = False
+
+    def start_micro_batch(self, num_left: int) -> None:
+        """The next micro-batch's part: 1 / ``num_left`` of the time left (this one included)."""
+        now = time.perf_counter()
+        self.part_end = now + max(0.0, self.deadline - now) / num_left
+
+    def milp_limit(self, fraction: float) -> float:
+        """Seconds for the next MILP round; 0: no time left to start one."""
+        now = time.perf_counter()
+        if self.floor_given and self.deadline - now < self.floor_s:
+            return 0.0
+        self.floor_given = True
+        return max(self.floor_s, min(self.deadline - now, fraction * (self.part_end - now)))
 
 
 def _milp_input(cost: CostModel, buckets: Buckets, means: tuple[int, ...]) -> MilpInput:
@@ -67,13 +98,17 @@ def plan_micro_batch(
     index: Sequence[int],
     cost: CostModel,
     options: PlannerOptions,
-    time_limit_s: float | None = None,
+    budget: StepBudget | None = None,
 ) -> MicroBatchPlan:
-    """Plan one micro-batch (``lengths`` are its sequences, ``index`` their batch indices)."""
+    """Plan one micro-batch (``lengths`` are its sequences, ``index`` their batch indices)
+    within ``budget`` (default: a step of this micro-batch alone)."""
     start = time.perf_counter()
-    deadline = start + (time_limit_s or options.time_limit_s)
+    if budget is None:
+        budget = StepBudget(options)
     lb = cost.lower_bound(lengths)
-    buckets = bucket_lengths(lengths, options.num_buckets)
+    buckets = bucket_lengths(
+        lengths, options.bucket_cap, options.max_bucket_error, options.num_buckets
+    )
     means = tuple(int(round(float(np.mean(lengths[list(m)])))) for m in buckets.members)
     bucket_of = np.empty(len(lengths), dtype=np.int64)
     rounded = np.empty(len(lengths), dtype=np.int64)
@@ -90,7 +125,9 @@ def plan_micro_batch(
         if pack is not None and (warm is None or pack.makespan < warm.makespan):
             warm = pack
     if warm is not None:
-        best = assign.homogeneous(lengths, cost, warm.sizes[0], options.improve_rounds)
+        best = assign.homogeneous(
+            lengths, cost, warm.sizes[0], options.improve_rounds, budget.deadline
+        )
     stats = dict(solver="homogeneous", status="no MILP", objective_s=None, bound_s=None, gap=None)
     notes = []
     if cost.topology.num_gpus == 1:
@@ -100,17 +137,17 @@ def plan_micro_batch(
     else:
         warm_slots = _as_slots(warm, bucket_of, len(means)) if warm is not None else None
         for round_, slots in enumerate(sorted({0, options.explicit_slots})):
-            left = deadline - time.perf_counter()
-            if round_ and left <= 0:
-                notes.append("no time left for the second MILP round")
-                break
             share = _FIRST_ROUND_SHARE if round_ == 0 and options.explicit_slots else 1.0
+            limit = budget.milp_limit(share)
+            if not limit:
+                notes.append(f"no planning time left for MILP round {round_ + 1}")
+                break
             result = solve_milp(
                 inp,
                 upper_bound=_milp_makespan(warm_slots, inp) if warm_slots else _safe_upper(inp),
                 warm=warm_slots,
                 explicit_slots=slots,
-                time_limit_s=max(options.min_time_limit_s, left * share),
+                time_limit_s=limit,
                 rel_gap=options.rel_gap,
                 threads=options.threads,
                 solver=options.solver,
@@ -126,7 +163,9 @@ def plan_micro_batch(
                 bound_s=max(bounds) if bounds else None,
                 gap=result.gap,
             )
-            pack = assign.realize(lengths, cost, buckets, result, options.improve_rounds)
+            pack = assign.realize(
+                lengths, cost, buckets, result, options.improve_rounds, budget.deadline
+            )
             if pack is not None and (best is None or pack.makespan < best.makespan):
                 best = pack
                 warm_slots = _as_slots(best, bucket_of, len(means))
@@ -135,7 +174,10 @@ def plan_micro_batch(
             if pack is not None and pack.makespan <= result.objective * (1 + options.rel_gap):
                 break  # the assignment delivered what the model promised
     if best is None:  # the bucket means left no room: any true-length layout
-        packs = [assign.homogeneous(lengths, cost, d, options.improve_rounds) for d in cost.sizes]
+        packs = [
+            assign.homogeneous(lengths, cost, d, options.improve_rounds, budget.deadline)
+            for d in cost.sizes
+        ]
         best = min((p for p in packs if p is not None), key=lambda p: p.makespan, default=None)
         notes.append("kept the best homogeneous plan")
     if best is None:

@@ -5,8 +5,9 @@ world's ranks are split into groups: aligned blocks of 1, 2, 4, ... ranks (the w
 when its size is not a power of two), the blocks the process-group pool holds. Every rank is in
 exactly one group of every micro-batch. A group runs the batch sequences it lists, packed in
 that order into one stream, with the named softmax and linear-attention strategies; a group
-with no sequences is idle (the planner only emits idle groups of one rank: such a rank runs no
-forward or backward in that micro-batch and contributes zero gradients).
+with no sequences is idle (the planner only emits idle groups of one rank): the engine runs
+such a rank on one padding token whose label is ignored, a forward and backward that keeps
+ZeRO's collectives in step and contributes zero gradients.
 """
 
 from __future__ import annotations

@@ -111,7 +111,10 @@ def step_lower_bound(lengths: Sequence[int], cost: CostModel) -> float:
 
 def milp_bound(plan: Plan) -> float:
     """Sum over micro-batches of the solver's proven bound (over bucketed lengths, given the
-    micro-batch split); a micro-batch solved without the MILP contributes its lower bound."""
+    micro-batch split); a micro-batch solved without the MILP contributes its lower bound.
+
+    A bound on the plan's predicted time when every bucket holds one distinct length; coarser
+    buckets price sequences at their bucket's mean, which can put it above the true optimum."""
     total = 0.0
     for mb in plan.micro_batches:
         bound = mb.solver.bound_s

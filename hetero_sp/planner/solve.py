@@ -3,18 +3,18 @@
 Per step: check every sequence fits some group; split the batch into the fewest micro-batches
 that fit in memory (sorted by length, consecutive, balanced by tokens); plan each micro-batch
 (:mod:`hetero_sp.planner.microbatch`: buckets, homogeneous warm start, MILP, assignment) within
-the step's time budget; validate the plan before returning it.
+the step's time budget (:class:`~hetero_sp.planner.microbatch.StepBudget`); validate the plan
+before returning it.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 
 import numpy as np
 
 from hetero_sp.planner.cost import CostModel
-from hetero_sp.planner.microbatch import plan_micro_batch
+from hetero_sp.planner.microbatch import StepBudget, plan_micro_batch
 from hetero_sp.planner.options import PlannerOptions
 from hetero_sp.planner.plan import Plan, validate_plan
 
@@ -85,15 +85,15 @@ def plan_batch(
 ) -> Plan:
     """Plan one step: every sequence of ``lengths`` once, in the fewest micro-batches."""
     options = options or PlannerOptions()
+    budget = StepBudget(options)
     cost.check_lengths(lengths)
     lengths = [int(s) for s in lengths]
     arr = np.asarray(lengths, dtype=np.int64)
     parts = split_micro_batches(lengths, cost)
-    begin, mbs = time.perf_counter(), []
+    mbs = []
     for m, idx in enumerate(parts):
-        left = options.time_limit_s - (time.perf_counter() - begin)
-        limit = max(options.min_time_limit_s, left / (len(parts) - m))
-        mbs.append(plan_micro_batch(arr[idx], idx, cost, options, limit))
+        budget.start_micro_batch(len(parts) - m)
+        mbs.append(plan_micro_batch(arr[idx], idx, cost, options, budget))
     mbs = tuple(mbs)
     plan = Plan(
         world_size=cost.topology.num_gpus,

@@ -1,0 +1,115 @@
+"""The MILP's solver paths: time-limited solves, the CBC fall-back without highspy, and the
+warm start HiGHS receives."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import highspy
+import numpy as np
+import pulp
+import pytest
+
+from hetero_sp.planner import CostModel, PlannerOptions, assign, plan_batch, validate_plan
+from hetero_sp.planner.estimate import h100_estimate
+from hetero_sp.planner.milp import make_solver
+from hetero_sp.planner.simulate import DISTRIBUTIONS, sample_lengths
+from tests.planner_common import brute_force, synthetic_cost
+
+EXACT = PlannerOptions(
+    num_buckets=64, explicit_slots=64, rel_gap=0.0, time_limit_s=30.0, min_time_limit_s=30.0
+)
+# A tiny batch whose optimum mixes group sizes (slow links, 1692 tokens need two GPUs), so the
+# MILP must run to reach it.
+WORLD, TOKENS_PER_GPU, FIT = 4, 1000, dict(a2=0.0, intra_bw=1e7, inter_bw=1e6)
+LENGTHS = [1692, 507, 754, 209, 397]
+
+
+def test_a_time_limited_solve_keeps_a_valid_plan_and_a_sound_bound():
+    # 256 web-text lengths on 64 simulated H100s: with no gap tolerance the last micro-batch's
+    # MILP is still ~1% from its bound after 2 s here, so 0.2 s for the step always cuts it off.
+    profile = h100_estimate()
+    cost = CostModel(profile, profile.topology(64), zero_stage=3)
+    lengths = sample_lengths(
+        DISTRIBUTIONS["web"], 256, np.random.default_rng(0), cost.groups[64].max_tokens
+    )
+    options = PlannerOptions(time_limit_s=0.2, min_time_limit_s=0.05, rel_gap=0.0)
+    plan = plan_batch(lengths, cost, options)
+    validate_plan(plan, cost)
+    cut = [mb.solver for mb in plan.micro_batches if mb.solver.status == "time_limit"]
+    assert cut, [mb.solver for mb in plan.micro_batches]
+    for stats in cut:
+        assert stats.solver == "highs"
+        assert stats.bound_s is not None and stats.gap is not None
+        # The bound may come from the first round and the objective from the second; both
+        # rounds are solved to HiGHS's feasibility tolerance (1e-7 s on a load row).
+        assert 0 <= stats.bound_s <= stats.objective_s * (1 + 1e-6)
+        assert stats.gap > 0  # cut off, not proven optimal
+    for mb in plan.micro_batches:
+        assert mb.makespan_s == max(g.predicted_s for g in mb.groups)
+
+
+def test_without_highspy_auto_falls_back_to_cbc(monkeypatch):
+    monkeypatch.setattr(pulp.HiGHS, "available", lambda self: False)
+    assert make_solver("auto", 1.0, 0.0, 1)[0] == "cbc"
+    with pytest.raises(ValueError, match=r"solver 'highs' needs highspy .* or use 'cbc'"):
+        make_solver("highs", 1.0, 0.0, 1)
+    cost = synthetic_cost(WORLD, TOKENS_PER_GPU, fit=FIT)
+    plan = plan_batch(LENGTHS, cost, EXACT)  # solver="auto"
+    (mb,) = plan.micro_batches
+    assert mb.solver.solver == "cbc"
+    assert plan.predicted_step_s == pytest.approx(brute_force(LENGTHS, cost), rel=1e-9)
+
+
+def _violation(lp: highspy.HighsLp, x: np.ndarray) -> float:
+    """The largest bound, row or integrality violation of ``x`` in ``lp``."""
+    a = lp.a_matrix_
+    assert a.format_ == highspy.MatrixFormat.kColwise
+    rows = np.zeros(lp.num_row_)
+    for j in range(lp.num_col_):
+        for p in range(a.start_[j], a.start_[j + 1]):
+            rows[a.index_[p]] += a.value_[p] * x[j]
+    lo_c, hi_c = np.asarray(lp.col_lower_), np.asarray(lp.col_upper_)
+    lo_r, hi_r = np.asarray(lp.row_lower_), np.asarray(lp.row_upper_)
+    integer = np.array([t == highspy.HighsVarType.kInteger for t in lp.integrality_], dtype=bool)
+    if not len(integer):
+        integer = np.zeros(lp.num_col_, dtype=bool)
+    return float(
+        max(
+            np.max(np.maximum(lo_c - x, x - hi_c), initial=0.0),
+            np.max(np.maximum(lo_r - rows, rows - hi_r), initial=0.0),
+            np.max(np.abs(x - np.round(x))[integer], initial=0.0),
+        )
+    )
+
+
+def test_highs_gets_the_homogeneous_plan_as_a_complete_feasible_start(monkeypatch):
+    starts = []
+    set_solution = highspy.Highs.setSolution
+
+    def recording(self, *args):
+        status = set_solution(self, *args)
+        num, idx, val = args
+        x = np.full(self.getNumCol(), np.nan)
+        x[np.asarray(idx)] = val
+        lp = self.getLp()
+        starts.append((num, x, _violation(lp, x), x[np.flatnonzero(lp.col_cost_)], status))
+        return status
+
+    monkeypatch.setattr(highspy.Highs, "setSolution", recording)
+    cost = synthetic_cost(WORLD, TOKENS_PER_GPU, fit=FIT)
+    # Two rounds: every size aggregated first, then every size group by group.
+    options = dataclasses.replace(EXACT, explicit_slots=4)
+    plan = plan_batch(LENGTHS, cost, options)
+    arr = np.asarray(LENGTHS)
+    homogeneous = [assign.homogeneous(arr, cost, d, improve_rounds=0) for d in cost.sizes]
+    warm = min(p.makespan for p in homogeneous if p is not None)
+    assert plan.micro_batches[0].solver.solver == "highs"
+    assert starts, "HiGHS was never given a start"
+    for num, x, violation, _, status in starts:
+        assert num == len(x) and not np.isnan(x).any()  # every variable has a value
+        assert status == highspy.HighsStatus.kOk
+        # Row activities sum float loads in another order than the model's coefficients.
+        assert violation <= 1e-9
+    # The first round starts from the best homogeneous layout (buckets are exact here).
+    assert starts[0][3] == pytest.approx([warm], rel=1e-9)
