@@ -113,3 +113,31 @@ def test_a_failed_solve_fails_every_rank():
     per_rank = run_ranks(_broadcast_plans, 2, _batches(1), True)
     assert per_rank[0] == ["ValueError: rank 0 could not plan"]
     assert per_rank[1][0].startswith("RuntimeError: the planner failed on rank 0")
+
+
+def _refuse(lengths):
+    raise ValueError(f"no plan for {len(lengths)} sequences")
+
+
+def test_process_worker_returns_the_threads_plans_and_errors():
+    # Solved to optimality (tiny batches, generous limit), so both workers must agree exactly.
+    planner = Planner(synthetic_cost(4, 1500), PlannerOptions(time_limit_s=20.0))
+    batches = [[int(x) for x in np.random.default_rng(s).integers(10, 1500, 6)] for s in range(3)]
+    with PlanAhead(planner, worker="process") as ahead:
+        for step, lengths in enumerate(batches):
+            ahead.submit(step, lengths)
+        plans = [ahead.get(step) for step in range(len(batches))]
+    for plan, lengths in zip(plans, batches):
+        assert _same(plan, planner(lengths))
+        assert all(mb.solver.status != "time_limit" for mb in plan.micro_batches)
+    with PlanAhead(_refuse, worker="process") as ahead:
+        ahead.submit(0, [10, 20])
+        with pytest.raises(ValueError, match="no plan for 2 sequences"):
+            ahead.get(0)
+
+
+def test_process_worker_needs_a_picklable_solve():
+    with pytest.raises(ValueError, match="cannot be pickled.*worker='thread'"):
+        PlanAhead(lambda lengths: None, worker="process")
+    with pytest.raises(ValueError, match="worker 'fork' is unknown; allowed: thread, process"):
+        PlanAhead(_refuse, worker="fork")

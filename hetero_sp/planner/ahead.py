@@ -1,4 +1,11 @@
-"""Solve step i+1's plan on a background thread while step i trains.
+"""Solve step i+1's plan in the background while step i trains.
+
+Where: a thread (``worker="thread"``) or a separate process (``worker="process"``, driven by
+that thread). The solver's Python (bucketing, building the MILP, local search) holds the
+interpreter lock, so on a thread it slows a training loop whose own Python dispatches the
+step's kernels; a process leaves the loop alone wherever the host has a core to spare. The
+process is spawned once (imports take a second or two, paid by the first plan) and keeps the
+solve function; each step sends only the lengths and receives the plan.
 
 Choice: the plan is solved on ONE rank (rank 0) and broadcast, not solved deterministically on
 every rank. The MILP runs under a time limit, and the incumbent HiGHS (or CBC) holds when the
@@ -24,10 +31,13 @@ Engine use (issue 7)::
 
 from __future__ import annotations
 
+import multiprocessing
+import pickle
 import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
 from hetero_sp.planner.plan import Plan
@@ -44,8 +54,24 @@ class AheadTiming:
     wait_s: float
 
 
+WORKERS = ("thread", "process")
+
+_INSTALLED: Callable[[Sequence[int]], Plan] | None = None
+"""The solve function of a worker process, installed once when it starts."""
+
+
+def _install(solve: Callable[[Sequence[int]], Plan]) -> None:
+    global _INSTALLED
+    _INSTALLED = solve
+
+
+def _solve_installed(lengths: list[int]) -> Plan:
+    return _INSTALLED(lengths)
+
+
 class PlanAhead:
-    """A one-thread worker queue of plans keyed by step."""
+    """A one-thread worker queue of plans keyed by step (the thread solves, or waits on the
+    worker process that does)."""
 
     def __init__(
         self,
@@ -53,9 +79,28 @@ class PlanAhead:
         *,
         is_solver: bool = True,
         share: Callable[[Plan | BaseException | None], Plan] | None = None,
+        worker: str = "thread",
     ) -> None:
         if not is_solver and share is None:
             raise ValueError("a rank that does not solve needs `share` to receive the plan")
+        if worker not in WORKERS:
+            raise ValueError(f"worker {worker!r} is unknown; allowed: {', '.join(WORKERS)}")
+        self._pool = None
+        if is_solver and worker == "process":
+            try:
+                pickle.dumps(solve)
+            except Exception as err:
+                raise ValueError(
+                    f"worker='process' sends the solve function to another process, and "
+                    f"{solve!r} cannot be pickled ({err}); use a module-level function, a "
+                    "functools.partial of one, or a Planner, or worker='thread'"
+                ) from err
+            self._pool = ProcessPoolExecutor(
+                1,
+                mp_context=multiprocessing.get_context("spawn"),  # no fork of a CUDA process
+                initializer=_install,
+                initargs=(solve,),
+            )
         self._solve, self._is_solver, self._share = solve, is_solver, share
         self._jobs: queue.Queue = queue.Queue()
         self._cond = threading.Condition()
@@ -80,7 +125,10 @@ class PlanAhead:
                 self._times[step].append(started)
             plan, error = None, None
             try:
-                plan = self._solve(lengths)
+                if self._pool is None:
+                    plan = self._solve(lengths)
+                else:
+                    plan = self._pool.submit(_solve_installed, lengths).result()
             except BaseException as err:  # noqa: BLE001 - handed to the caller of get()
                 error = err
             with self._cond:
@@ -135,6 +183,8 @@ class PlanAhead:
             if self._thread is not None:
                 self._jobs.put(None)
                 self._thread.join()
+            if self._pool is not None:
+                self._pool.shutdown(wait=True, cancel_futures=True)
 
     def __enter__(self) -> PlanAhead:
         return self
