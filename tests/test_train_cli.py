@@ -45,6 +45,85 @@ def _torchrun(nproc, *overrides, timeout=600):
     return proc
 
 
+def _ranks(nproc, *overrides, timeout=300):
+    """Start the ranks of ``hetero_sp.train`` the way torchrun would (its environment variables),
+    without torchrun: torchrun answers any failed worker with its own traceback
+    (ChildFailedError) and exit status 1, which would hide what the workers printed and
+    returned. Returns each rank's (exit status, stdout + stderr)."""
+    env = _env()
+    env.update(
+        MASTER_ADDR="127.0.0.1",
+        WORLD_SIZE=str(nproc),
+        LOCAL_WORLD_SIZE=str(nproc),
+        MASTER_PORT=str(int(env["MASTER_PORT"]) + 1),
+    )
+    cmd = [sys.executable, "-m", "hetero_sp.train", "--config", "configs/cpu-tiny.toml",
+           "train.progress=false", *overrides]  # fmt: skip
+    procs = [
+        subprocess.Popen(
+            cmd,
+            cwd=ROOT,
+            env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for r in range(nproc)
+    ]
+    try:
+        outputs = [p.communicate(timeout=timeout)[0] for p in procs]
+        return [(p.returncode, out) for p, out in zip(procs, outputs)]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+def _assert_stopped_on_bad_input(results, message):
+    """Every rank exits with status 2; rank 0 prints the message once; no traceback anywhere;
+    DeepSpeed never started (its engine logs a "DeepSpeed" banner when it does)."""
+    outputs = "\n".join(out for _, out in results)
+    assert [rc for rc, _ in results] == [2] * len(results), outputs[-6000:]
+    assert message in results[0][1], outputs[-6000:]
+    assert outputs.count("error: ") == 1, outputs[-6000:]
+    assert "Traceback" not in outputs, outputs[-6000:]
+    return outputs
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (
+            ["parallel.sp_mode=static", "parallel.sp_degree=4"],
+            "error: parallel.sp_degree: groups of 4 ranks are not possible here (possible: 1, 2)",
+        ),
+        (["data.dataset={tmp}/nowhere"], "error: data.dataset: {tmp}/nowhere is not a prepared"),
+        (["data.tokens_per_step=1073741824"], "fewer than one step of 1073741824"),
+    ],
+    ids=["sp_degree", "missing_dataset", "dataset_too_small"],
+)
+def test_bad_input_stops_every_rank_before_deepspeed(overrides, message, tmp_path):
+    """Bad input found once the ranks have joined: one line from rank 0, status 2 from every
+    rank, and it is found before DeepSpeed starts (seconds, not minutes)."""
+    overrides = [o.format(tmp=tmp_path) for o in overrides]
+    outputs = _assert_stopped_on_bad_input(
+        _ranks(2, f"train.out_dir={tmp_path}/run", *overrides), message.format(tmp=tmp_path)
+    )
+    assert "DeepSpeed" not in outputs
+
+
+@pytest.mark.slow
+def test_batch_no_plan_fits_stops_every_rank(tmp_path):
+    """The first batch's plan fails on the solving rank (rank 0) after DeepSpeed started; the
+    other rank learns it through the plan broadcast and stops as quietly."""
+    outputs = _assert_stopped_on_bad_input(
+        _ranks(2, f"train.out_dir={tmp_path}/run", "planner.memory_gb=0.02", timeout=600),
+        "error: sequence 0 (8192 tokens) needs",
+    )
+    assert "DeepSpeed" in outputs  # the banner the fast cases check is really printed
+
+
 @pytest.mark.slow
 def test_readme_demo_command_trains_and_loss_falls(tmp_path):
     """The README's main-job command as written (with a shorter run and its own folder)."""
@@ -95,6 +174,12 @@ def test_two_rank_run_checkpoints_and_resumes(tmp_path):
     assert "resumed from" in proc.stderr and "at step 4" in proc.stderr
     steps = [r["step"] for r in read_metrics(out / "metrics.jsonl")]
     assert steps == [1, 2, 3, 4, 5, 6]
+
+    # A checkpoint of another [model] is refused before DeepSpeed starts, without a traceback.
+    _assert_stopped_on_bad_input(
+        _ranks(2, "train.steps=8", *small[1:], "model.dim=48"),
+        f"error: {out}/checkpoints/step_00000006 was written with another [model] config",
+    )
 
 
 def test_config_command_prints_resolved_values(capsys):

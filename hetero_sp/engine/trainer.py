@@ -18,6 +18,7 @@ from hetero_sp.data.samplers import build_sampler
 from hetero_sp.distributed import DistInfo
 from hetero_sp.engine import checkpoint as ckpt_io
 from hetero_sp.engine import deepspeed_engine
+from hetero_sp.engine.errors import agree, share_plan_errors
 from hetero_sp.engine.faults import maybe_fail
 from hetero_sp.engine.metrics import MetricsWriter, peak_memory_bytes
 from hetero_sp.engine.planning import build_cost_model, make_plan_fn
@@ -46,8 +47,12 @@ class Trainer:
         self.is_main = info.rank == 0
         torch.manual_seed(cfg.train.seed)
 
+        # The parallel setup first: it checks the config against the world (group sizes, the
+        # profile) in seconds, before the data, the model and DeepSpeed take minutes.
+        self._cpu_group = dist.new_group(backend="gloo") if info.backend != "gloo" else None
+        self._setup_parallel()
         self.corpus = self._open_corpus()
-        self.sampler = build_sampler(cfg.data, self.corpus)
+        self.sampler = self._build_sampler()
         if self.is_main:
             logger.info("data: %s", json.dumps(self.sampler.describe()))
         model = HybridLM(
@@ -75,8 +80,6 @@ class Trainer:
                 )
             self.start_step = resume.step
             logger.info("resumed from %s at step %d", resume.path, resume.step)
-        self._cpu_group = dist.new_group(backend="gloo") if info.backend != "gloo" else None
-        self._setup_parallel()
         self.peak_flops = self._peak_flops()
         self.metrics = MetricsWriter(self.out_dir, enabled=self.is_main)
         if self.is_main:
@@ -100,14 +103,9 @@ class Trainer:
         if self.is_main:
             try:
                 corpus = open_corpus(self.cfg.data)
-            except Exception as err:  # re-raised below, once the other ranks know
+            except Exception as err:  # re-raised by agree(), once the other ranks know
                 failure = err
-        flag = [None if failure is None else f"{type(failure).__name__}: {failure}"]
-        dist.broadcast_object_list(flag, src=0)  # so no rank waits for a rank 0 that failed
-        if failure is not None:
-            raise failure
-        if flag[0] is not None:
-            raise RuntimeError(f"rank 0 could not open the dataset: {flag[0]}")
+        agree(failure)  # so no rank waits for a rank 0 that failed
         if corpus is None:
             corpus = open_corpus(self.cfg.data)
         vocab = corpus.vocab_size
@@ -118,6 +116,14 @@ class Trainer:
             )
         return corpus
 
+    def _build_sampler(self):
+        try:
+            return build_sampler(self.cfg.data, self.corpus)
+        except ConfigError:
+            raise
+        except ValueError as err:  # the samplers' checks of [data] against the dataset
+            raise ConfigError(str(err)) from err
+
     def _find_checkpoint(self) -> ckpt_io.LoadedCheckpoint | None:
         """Rank 0 picks the newest good checkpoint; every rank then loads that one."""
         found = ckpt_io.load_latest(self.out_dir, self.info.rank) if self.is_main else None
@@ -125,7 +131,14 @@ class Trainer:
         dist.broadcast_object_list(choice, src=0)
         if choice[0] is None:
             return None
-        return found if self.is_main else ckpt_io.load_checkpoint(Path(choice[0]), self.info.rank)
+        failure = None
+        if not self.is_main:
+            try:
+                found = ckpt_io.load_checkpoint(Path(choice[0]), self.info.rank)
+            except ckpt_io.CheckpointError as err:
+                failure = err
+        agree(failure)  # a rank whose files are broken stops every rank, not only itself
+        return found
 
     def _check_compatible(self, ckpt: ckpt_io.LoadedCheckpoint) -> None:
         saved = ckpt.meta.get("config", {})
@@ -146,7 +159,9 @@ class Trainer:
         self.cost = build_cost_model(cfg, info.world_size, node_size, log=self.is_main)
         plan_fn = make_plan_fn(cfg, self.cost)
         self.ahead = PlanAhead(
-            plan_fn, is_solver=self.is_main, share=broadcast_share(group=self._cpu_group, src=0)
+            plan_fn,
+            is_solver=self.is_main,
+            share=share_plan_errors(broadcast_share(group=self._cpu_group, src=0)),
         )
         if self.is_main:
             nodes, per_node = torchrun_nodes(info.world_size)
