@@ -11,8 +11,19 @@ import pytest
 
 from hetero_sp.cli import main as cli_main
 from hetero_sp.engine.metrics import read_metrics
+from hetero_sp.engine.plots import plot_run
 
 ROOT = Path(__file__).resolve().parent.parent
+METRIC_KEYS = (
+    "loss/train",
+    "throughput/tokens_per_s",
+    "throughput/mfu",
+    "memory/peak_bytes_max_rank",
+    "plan/solve_ms",
+    "plan/imbalance",
+    "comm/bytes",
+    "padding/tokens",
+)
 
 
 def _env():
@@ -172,8 +183,25 @@ def test_two_rank_run_checkpoints_and_resumes(tmp_path):
 
     proc = _torchrun(2, "train.steps=6", *small)
     assert "resumed from" in proc.stderr and "at step 4" in proc.stderr
-    steps = [r["step"] for r in read_metrics(out / "metrics.jsonl")]
-    assert steps == [1, 2, 3, 4, 5, 6]
+    records = read_metrics(out / "metrics.jsonl")
+    assert [r["step"] for r in records] == [1, 2, 3, 4, 5, 6]
+    for r in records:  # the namespaced keys benchmarks and plots read
+        for key in METRIC_KEYS:
+            assert key in r, f"step {r['step']}: no {key} in {sorted(r)}"
+        for prefix in ("loss/", "memory/", "padding/"):
+            assert any(k.startswith(prefix) for k in r), f"step {r['step']}: no {prefix} key"
+        assert r["throughput/tokens_per_s"] > 0 and 0 < r["throughput/mfu"] < 1
+        assert r["plan/solve_ms"] >= 0 and r["plan/imbalance"] >= 0 and r["comm/bytes"] >= 0
+    pngs = plot_run(out)  # the plots of what a real run wrote
+    assert [p.name for p in pngs] == [
+        "loss.png",
+        "throughput.png",
+        "plan_step_1_predicted.png",
+        "plan_step_1_measured.png",
+        "plan_step_6_predicted.png",
+        "plan_step_6_measured.png",
+    ]
+    assert all(p.stat().st_size > 0 for p in pngs)
 
     # A checkpoint of another [model] is refused before DeepSpeed starts, without a traceback.
     _assert_stopped_on_bad_input(

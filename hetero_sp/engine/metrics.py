@@ -1,5 +1,6 @@
 """Per-step metrics: a flat dict with namespaced keys (``loss/``, ``throughput/``, ``memory/``,
-``plan/``, ``comm/``, ...), appended to ``metrics.jsonl`` and written to tensorboard.
+``plan/``, ``comm/``, ...), appended to ``metrics.jsonl`` and written to tensorboard; and each
+step's plan with its measured group times, appended to ``plans.jsonl``.
 
 Only rank 0 writes; other ranks get a writer that does nothing.
 """
@@ -54,6 +55,14 @@ class MetricsWriter:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+
+
+def append_plan(out_dir: str | Path, step: int, plan, measured_group_s: list[list[float]]) -> None:
+    """One line of ``plans.jsonl``: the step, its :class:`~hetero_sp.planner.Plan` as a dict and
+    the measured seconds of every group of every micro-batch (``measured_group_s[m][g]``)."""
+    record = {"step": step, "plan": plan.to_dict(), "measured_group_s": measured_group_s}
+    with open(Path(out_dir) / "plans.jsonl", "a") as f:
+        f.write(json.dumps(record) + "\n")
 
 
 def read_metrics(path: str | Path) -> list[dict]:

@@ -20,7 +20,7 @@ from hetero_sp.engine import checkpoint as ckpt_io
 from hetero_sp.engine import deepspeed_engine
 from hetero_sp.engine.errors import agree, share_plan_errors
 from hetero_sp.engine.faults import maybe_fail
-from hetero_sp.engine.metrics import MetricsWriter, peak_memory_bytes
+from hetero_sp.engine.metrics import MetricsWriter, append_plan, peak_memory_bytes
 from hetero_sp.engine.planning import build_cost_model, make_plan_fn
 from hetero_sp.engine.step import group_times, imbalance, run_step
 from hetero_sp.engine.topology import (
@@ -227,7 +227,7 @@ class Trainer:
         dist.all_reduce(per_rank)
         measured = group_times(plan, per_rank)
         if self.is_main:
-            self._log_plan(step + 1, plan, measured)
+            append_plan(self.out_dir, step + 1, plan, measured)
         grad_norm = self.engine.get_global_grad_norm()
         timing = self.ahead.timings.get(step)
         flops = training_flops(cfg.model, batch.lengths)
@@ -258,11 +258,6 @@ class Trainer:
         if timing is not None:
             metrics["plan/wait_ms"] = timing.wait_s * 1e3
         return metrics
-
-    def _log_plan(self, step: int, plan, measured: list[list[float]]) -> None:
-        record = {"step": step, "plan": plan.to_dict(), "measured_group_s": measured}
-        with open(self.out_dir / "plans.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
 
     def save(self, step: int) -> Path:
         meta = {
