@@ -10,8 +10,10 @@ from pathlib import Path
 import pytest
 
 from hetero_sp.cli import main as cli_main
+from hetero_sp.config import load_config
 from hetero_sp.engine.metrics import read_metrics
 from hetero_sp.engine.plots import plot_run
+from hetero_sp.model.flops import training_flops
 
 ROOT = Path(__file__).resolve().parent.parent
 METRIC_KEYS = (
@@ -181,10 +183,19 @@ def test_two_rank_run_checkpoints_and_resumes(tmp_path):
     meta = json.loads((out / "checkpoints" / "step_00000004" / "meta.json").read_text())
     assert meta["step"] == 4 and meta["config"]["train"]["zero_stage"] == 2
 
-    proc = _torchrun(2, "train.steps=6", *small)
+    # The resumed part divides by a configured peak: 0.5 TFLOP/s per rank, 1e12 for the run.
+    proc = _torchrun(2, "train.steps=6", *small, "train.peak_tflops=0.5")
     assert "resumed from" in proc.stderr and "at step 4" in proc.stderr
     records = read_metrics(out / "metrics.jsonl")
     assert [r["step"] for r in records] == [1, 2, 3, 4, 5, 6]
+    model = load_config(ROOT / "configs/cpu-tiny.toml", small).model
+    plans = {
+        r["step"]: r["plan"]["lengths"]
+        for r in map(json.loads, (out / "plans.jsonl").read_text().splitlines())
+    }
+    for r in records[4:]:
+        expected = training_flops(model, plans[r["step"]]) / r["time/step_s"] / 1e12
+        assert r["throughput/mfu"] == pytest.approx(expected, rel=1e-12), r["step"]
     for r in records:  # the namespaced keys benchmarks and plots read
         for key in METRIC_KEYS:
             assert key in r, f"step {r['step']}: no {key} in {sorted(r)}"

@@ -31,7 +31,7 @@ from hetero_sp.engine.topology import (
 )
 from hetero_sp.log import get_logger
 from hetero_sp.model import HybridLM
-from hetero_sp.model.flops import device_peak_flops, measure_matmul_flops, training_flops
+from hetero_sp.model.flops import configured_peak_flops, measure_matmul_flops, training_flops
 from hetero_sp.parallel import SPContext
 from hetero_sp.parallel.comm import COMM
 from hetero_sp.parallel.groups import build_group_pool
@@ -87,12 +87,15 @@ class Trainer:
             (self.out_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
 
     def _peak_flops(self) -> float:
-        """Peak FLOP/s of the whole run: the datasheet value of a known GPU, or a matrix product
-        timed on every rank at once (CPU ranks share cores, so their sum is the machine's)."""
-        peak = device_peak_flops(self.info.device, self.cfg.train.precision)
+        """Peak FLOP/s of the whole run, summed over ranks: train.peak_tflops, else the datasheet
+        value of a known GPU, else a matrix product in the training precision timed on every
+        rank at once (CPU ranks share cores, so their sum is the machine's)."""
+        train = self.cfg.train
+        peak = configured_peak_flops(self.info.device, train.precision, train.peak_tflops)
         if peak is None:
             dist.barrier()
-            peak = measure_matmul_flops(self.info.device)
+            dtype = torch.bfloat16 if train.precision == "bf16" else torch.float32
+            peak = measure_matmul_flops(self.info.device, dtype)
         total = torch.tensor([peak], dtype=torch.float64)
         dist.all_reduce(total)
         return total.item()
