@@ -11,6 +11,7 @@ import pytest
 
 from hetero_sp.cli import main as cli_main
 from hetero_sp.config import load_config
+from hetero_sp.engine import checkpoint as ckpt_io
 from hetero_sp.engine.metrics import read_metrics
 from hetero_sp.engine.plots import plot_run
 from hetero_sp.model.flops import training_flops
@@ -219,6 +220,15 @@ def test_two_rank_run_checkpoints_and_resumes(tmp_path):
         _ranks(2, "train.steps=8", *small[1:], "model.dim=48"),
         f"error: {out}/checkpoints/step_00000006 was written with another [model] config",
     )
+
+    # A finished run started again resumes at its last step and saves that step again.
+    proc = _torchrun(2, "train.steps=6", *small)
+    assert "resumed from" in proc.stderr and "at step 6" in proc.stderr
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
+        "step_00000004",
+        "step_00000006",
+    ]
+    assert ckpt_io.load_latest(out).step == 6
 
 
 def test_config_command_prints_resolved_values(capsys):
