@@ -114,8 +114,9 @@ def _assert_stopped_on_bad_input(results, message):
         ),
         (["data.dataset={tmp}/nowhere"], "error: data.dataset: {tmp}/nowhere is not a prepared"),
         (["data.tokens_per_step=1073741824"], "fewer than one step of 1073741824"),
+        (["parallel.softmax_backend=flash"], "error: softmax backend 'flash' needs flash-attn"),
     ],
-    ids=["sp_degree", "missing_dataset", "dataset_too_small"],
+    ids=["sp_degree", "missing_dataset", "dataset_too_small", "backend"],
 )
 def test_bad_input_stops_every_rank_before_deepspeed(overrides, message, tmp_path):
     """Bad input found once the ranks have joined: one line from rank 0, status 2 from every

@@ -13,6 +13,10 @@ import resource
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
+
+from hetero_sp.config import TrainConfig
+from hetero_sp.model.flops import configured_peak_flops, measure_matmul_flops
 
 
 def peak_memory_bytes(device: torch.device) -> int:
@@ -20,6 +24,21 @@ def peak_memory_bytes(device: torch.device) -> int:
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device))
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+def run_peak_flops(train: TrainConfig, device: torch.device) -> float:
+    """Peak FLOP/s of the whole run (collective), the denominator of ``throughput/mfu``: the sum
+    over ranks of ``train.peak_tflops``, else of a known GPU's datasheet value, else of a matrix
+    product in the training precision timed on every rank at once (CPU ranks share cores, so
+    their sum is the machine's)."""
+    peak = configured_peak_flops(device, train.precision, train.peak_tflops)
+    if peak is None:
+        dist.barrier()
+        dtype = torch.bfloat16 if train.precision == "bf16" else torch.float32
+        peak = measure_matmul_flops(device, dtype)
+    total = torch.tensor([peak], dtype=torch.float64)
+    dist.all_reduce(total)
+    return total.item()
 
 
 class MetricsWriter:

@@ -20,7 +20,7 @@ from hetero_sp.engine import checkpoint as ckpt_io
 from hetero_sp.engine import deepspeed_engine
 from hetero_sp.engine.errors import agree, share_plan_errors
 from hetero_sp.engine.faults import maybe_fail
-from hetero_sp.engine.metrics import MetricsWriter, append_plan, peak_memory_bytes
+from hetero_sp.engine.metrics import MetricsWriter, append_plan, peak_memory_bytes, run_peak_flops
 from hetero_sp.engine.planning import build_cost_model, make_plan_fn
 from hetero_sp.engine.step import group_times, imbalance, run_step
 from hetero_sp.engine.topology import (
@@ -31,7 +31,8 @@ from hetero_sp.engine.topology import (
 )
 from hetero_sp.log import get_logger
 from hetero_sp.model import HybridLM
-from hetero_sp.model.flops import configured_peak_flops, measure_matmul_flops, training_flops
+from hetero_sp.model.backends import resolve_linear_backend, resolve_softmax_backend
+from hetero_sp.model.flops import training_flops
 from hetero_sp.parallel import SPContext
 from hetero_sp.parallel.comm import COMM
 from hetero_sp.parallel.groups import build_group_pool
@@ -49,6 +50,11 @@ class Trainer:
 
         # The parallel setup first: it checks the config against the world (group sizes, the
         # profile) in seconds, before the data, the model and DeepSpeed take minutes.
+        try:  # resolved at the first forward otherwise, long after DeepSpeed started
+            resolve_softmax_backend(cfg.parallel.softmax_backend, info.device)
+            resolve_linear_backend(cfg.parallel.linear_backend, info.device)
+        except ValueError as err:
+            raise ConfigError(str(err)) from err
         self._cpu_group = dist.new_group(backend="gloo") if info.backend != "gloo" else None
         self._setup_parallel()
         self.corpus = self._open_corpus()
@@ -65,40 +71,26 @@ class Trainer:
 
         self.start_step = 0
         resume = self._find_checkpoint() if cfg.train.resume else None
-        if resume is not None:
+        if resume is not None:  # everything that can refuse the checkpoint, before DeepSpeed
             self._check_compatible(resume)
             ckpt_io.load_model_weights(model, resume)
-        self.engine = deepspeed_engine.initialize(model.to(info.device), cfg)
-        if resume is not None:
-            ckpt_io.load_optimizer_state(self.engine, resume)
-            ckpt_io.restore_rng(resume)
             self.sampler.load_state_dict(resume.meta["sampler"])
             if self.sampler.step != resume.step:
                 raise ckpt_io.CheckpointError(
                     f"{resume.path}: sampler state is at step {self.sampler.step}, the checkpoint "
                     f"at step {resume.step}"
                 )
+        self.engine = deepspeed_engine.initialize(model.to(info.device), cfg)
+        if resume is not None:
+            ckpt_io.load_optimizer_state(self.engine, resume)
+            ckpt_io.restore_rng(resume)
             self.start_step = resume.step
             logger.info("resumed from %s at step %d", resume.path, resume.step)
-        self.peak_flops = self._peak_flops()
+        self.peak_flops = run_peak_flops(cfg.train, info.device)
         self.metrics = MetricsWriter(self.out_dir, enabled=self.is_main)
         if self.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             (self.out_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
-
-    def _peak_flops(self) -> float:
-        """Peak FLOP/s of the whole run, summed over ranks: train.peak_tflops, else the datasheet
-        value of a known GPU, else a matrix product in the training precision timed on every
-        rank at once (CPU ranks share cores, so their sum is the machine's)."""
-        train = self.cfg.train
-        peak = configured_peak_flops(self.info.device, train.precision, train.peak_tflops)
-        if peak is None:
-            dist.barrier()
-            dtype = torch.bfloat16 if train.precision == "bf16" else torch.float32
-            peak = measure_matmul_flops(self.info.device, dtype)
-        total = torch.tensor([peak], dtype=torch.float64)
-        dist.all_reduce(total)
-        return total.item()
 
     def _open_corpus(self):
         """Rank 0 opens (and on first use prepares) the dataset before the other ranks do."""
