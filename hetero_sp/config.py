@@ -311,6 +311,10 @@ class TrainConfig:
     """Show a tqdm progress bar on rank 0."""
     dist_timeout_s: int = 600
     """Seconds a collective may wait before the run fails (gloo/NCCL timeout)."""
+    peak_tflops: float = 0.0
+    """Peak dense TFLOP/s of one rank's device in train.precision, the denominator of
+    throughput/mfu; 0: the datasheet value of a known GPU (H100, H200, A100, L40S), else a timed
+    matrix product."""
 
     def __post_init__(self) -> None:
         s = "train"
@@ -321,6 +325,12 @@ class TrainConfig:
         _require(self.ckpt_every >= 0, s, "ckpt_every", "must be >= 0")
         _require(self.keep_checkpoints > 0, s, "keep_checkpoints", "must be positive")
         _require(self.dist_timeout_s > 0, s, "dist_timeout_s", "must be positive")
+        _require(
+            self.peak_tflops >= 0,
+            s,
+            "peak_tflops",
+            f"must be >= 0 (0: datasheet or measured), got {self.peak_tflops}",
+        )
 
 
 @dataclass(kw_only=True, frozen=True)

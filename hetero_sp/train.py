@@ -62,22 +62,31 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.distributed")
 
     from hetero_sp.distributed import init_distributed, shutdown_distributed
+    from hetero_sp.engine.errors import INPUT_ERRORS
     from hetero_sp.engine.trainer import Trainer
     from hetero_sp.log import get_logger
 
     logger = get_logger("hetero_sp.train")  # not __name__: that is "__main__" under -m
     info = init_distributed(cfg.train.dist_timeout_s)
-    trainer = Trainer(cfg, info)
-    if info.rank == 0:
-        logger.info(
-            "%d ranks (%s), model %.2fM parameters, layers %s, ZeRO-%d",
-            info.world_size,
-            info.backend,
-            trainer.num_params / 1e6,
-            cfg.model.layers,
-            cfg.train.zero_stage,
-        )
-    last = trainer.run()
+    try:
+        trainer = Trainer(cfg, info)
+        if info.rank == 0:
+            logger.info(
+                "%d ranks (%s), model %.2fM parameters, layers %s, ZeRO-%d",
+                info.world_size,
+                info.backend,
+                trainer.num_params / 1e6,
+                cfg.model.layers,
+                cfg.train.zero_stage,
+            )
+        last = trainer.run()
+    except INPUT_ERRORS as err:
+        # Raised on every rank at the same point (see hetero_sp.engine.errors): rank 0 says what
+        # to change, and all ranks leave the process group together.
+        if info.rank == 0:
+            print(f"error: {err}", file=sys.stderr, flush=True)
+        shutdown_distributed()
+        return 2
     if info.rank == 0:
         out = cfg.train.out_dir
         print(

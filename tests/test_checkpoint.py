@@ -1,13 +1,18 @@
 """Checkpoints: full state under every ZeRO stage, bit-exact continuation after resume, atomic
-writes, and fallback to the previous checkpoint when the newest is truncated or corrupt."""
+writes (a re-save of a step included), and fallback to the previous checkpoint when the newest
+is truncated or corrupt."""
 
+import json
 import logging
+import os
+import shutil
 
 import pytest
 import torch
 
 from hetero_sp.config import Config, TrainConfig
 from hetero_sp.engine import checkpoint as ckpt_io
+from hetero_sp.engine import checkpoint_files as files
 from hetero_sp.engine import deepspeed_engine
 from hetero_sp.engine.loss import token_loss_sum
 from hetero_sp.model import PackedSeqs
@@ -105,3 +110,66 @@ def test_broken_newest_checkpoint_falls_back_with_warning(damage, tmp_path, capl
 def test_partial_checkpoint_is_never_picked(tmp_path):
     (tmp_path / "checkpoints" / "step_00000009.partial").mkdir(parents=True)
     assert ckpt_io.load_latest(tmp_path, 0) is None
+
+
+def _publish_fake(out_dir, step, tag):
+    """A checkpoint folder with the files save_checkpoint writes (tiny tensors, no DeepSpeed),
+    published the way save_checkpoint publishes it."""
+    final = files.step_dir(out_dir, step)
+    partial = final.with_name(final.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)  # as save_checkpoint does with a crashed one
+    partial.mkdir(parents=True)
+    files.torch_save_synced({"w": torch.full((2,), float(tag))}, partial / "model.pt")
+    files.torch_save_synced({}, partial / "optim.pt")
+    meta = json.dumps({"step": step, "tag": tag}).encode()
+    files.write_bytes_synced(partial / "meta.json", meta)
+    files.publish(partial, final)
+
+
+def _names(out_dir):
+    return sorted(p.name for p in files.checkpoint_root(out_dir).iterdir())
+
+
+def test_resave_of_a_step_replaces_it(tmp_path):
+    _publish_fake(tmp_path, 2, tag=1)
+    _publish_fake(tmp_path, 2, tag=2)
+    assert _names(tmp_path) == ["step_00000002"]
+    assert ckpt_io.load_latest(tmp_path).meta["tag"] == 2
+
+
+def test_crash_between_the_renames_of_a_resave_keeps_the_step(tmp_path, monkeypatch):
+    _publish_fake(tmp_path, 1, tag=0)
+    _publish_fake(tmp_path, 2, tag=1)
+    real_replace = os.replace
+
+    def crash_on_publish(src, dst):
+        if str(src).endswith(".partial"):
+            raise OSError("killed between the renames")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(files.os, "replace", crash_on_publish)
+    with pytest.raises(OSError, match="killed"):
+        _publish_fake(tmp_path, 2, tag=2)
+    monkeypatch.setattr(files.os, "replace", real_replace)
+    assert _names(tmp_path) == ["step_00000001", "step_00000002.old", "step_00000002.partial"]
+    loaded = ckpt_io.load_latest(tmp_path)  # the step is not lost: its previous save loads
+    assert (loaded.step, loaded.meta["tag"], loaded.path.name) == (2, 1, "step_00000002.old")
+
+    _publish_fake(tmp_path, 2, tag=3)  # the save is repeated after the restart
+    assert _names(tmp_path) == ["step_00000001", "step_00000002"]
+    assert ckpt_io.load_latest(tmp_path).meta["tag"] == 3
+
+
+def test_leftover_old_folder_never_shadows_a_published_step(tmp_path):
+    """A crash after the new folder is in place but before the .old one is deleted."""
+    _publish_fake(tmp_path, 1, tag=0)
+    _publish_fake(tmp_path, 2, tag=1)
+    aside = tmp_path / "aside"
+    shutil.copytree(files.step_dir(tmp_path, 2), aside)
+    _publish_fake(tmp_path, 2, tag=2)
+    shutil.copytree(aside, files.step_dir(tmp_path, 2).with_name("step_00000002.old"))
+    assert ckpt_io.load_latest(tmp_path).meta["tag"] == 2
+    files.prune(tmp_path, keep=2)
+    assert _names(tmp_path) == ["step_00000001", "step_00000002"]
+    files.prune(tmp_path, keep=1)
+    assert _names(tmp_path) == ["step_00000002"]

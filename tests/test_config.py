@@ -44,6 +44,10 @@ def test_overrides_apply_and_parse_as_toml():
         ("data.tokens_per_step=0", r"data\.tokens_per_step: must be positive"),
         ("train.zero_stage=4", r"train\.zero_stage: got '4'; allowed values: 0, 1, 2, 3"),
         ("train.precision=fp16", r"train\.precision: got 'fp16'; allowed values: fp32, bf16"),
+        (
+            "train.peak_tflops=-1.5",
+            r"train\.peak_tflops: must be >= 0 \(0: datasheet or measured\)",
+        ),
         ("model.dim=12.5", r"model\.dim: expected an integer, got 12\.5"),
         ("train.progress=3", r"train\.progress: expected true or false, got 3"),
         ("optimizer.lr=1", r"\[optimizer\]: unknown section; allowed sections: model, parallel"),

@@ -1,6 +1,6 @@
 """The engine's step on heterogeneous plans gives exactly the single-process gradient.
 
-Four gloo ranks run one step of a hand-made plan through DeepSpeed (ZeRO 1, 2, 3): a micro-batch
+Four gloo ranks run one step of a hand-made plan through DeepSpeed (ZeRO 0, 1, 2, 3): a micro-batch
 with a group of two ranks and two groups of one, then a micro-batch with one group of four, on a
 hybrid model. The optimizer is plain SGD (no momentum, decay or clipping), so the parameter
 update is the averaged gradient DeepSpeed applied times the learning rate; it must equal the
@@ -112,7 +112,7 @@ def _check_against_reference(results, layers):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stage", [1, 2, 3])
+@pytest.mark.parametrize("stage", [0, 1, 2, 3])
 @pytest.mark.parametrize("softmax, linear", STRATEGY_MIXES)
 def test_heterogeneous_plan_step_equals_single_process(stage, softmax, linear):
     layers = "LLSS"

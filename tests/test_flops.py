@@ -1,10 +1,18 @@
-"""The model-FLOP formula behind MFU, checked against torch's FLOP counter on the model."""
+"""The model-FLOP formula behind MFU, checked against torch's FLOP counter on the model, and the
+peak FLOP/s MFU divides by (train.peak_tflops, else datasheet, else measured)."""
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from hetero_sp.config import load_config
 from hetero_sp.model import PackedSeqs
-from hetero_sp.model.flops import _per_token_linear_flops, forward_flops, training_flops
+from hetero_sp.model.flops import (
+    _per_token_linear_flops,
+    configured_peak_flops,
+    forward_flops,
+    measure_matmul_flops,
+    training_flops,
+)
 from tests.common import tiny_config, tiny_model
 
 
@@ -56,3 +64,18 @@ def test_linear_layer_projection_flops_match_torch_counter():
     H, E = cfg.num_heads, cfg.head_dim
     core_per_token = 2.0 * H * (2 * E) * (64 + 1) / 2 + 4.0 * H * E * E
     assert dense == length * (_per_token_linear_flops(cfg) - 2 * core_per_token)
+
+
+def test_configured_peak_overrides_datasheet_and_measurement():
+    cpu = torch.device("cpu")
+    cfg = load_config(None, ["train.peak_tflops=250"])  # an integer in TOML is taken as a float
+    assert cfg.train.peak_tflops == 250.0
+    assert configured_peak_flops(cpu, "bf16", cfg.train.peak_tflops) == 250e12
+    # 0 (the default): no datasheet value for a CPU, so the trainer measures.
+    assert configured_peak_flops(cpu, "fp32", load_config(None, []).train.peak_tflops) is None
+
+
+def test_measured_peak_in_the_training_precision():
+    for dtype in (torch.float32, torch.bfloat16):
+        flops = measure_matmul_flops(torch.device("cpu"), dtype, n=128, repeats=2)
+        assert flops > 0, dtype

@@ -1,13 +1,26 @@
-"""Golden losses: a fixed-seed 4-rank run on a shipped corpus reproduces the per-step losses kept
-in tests/assets/golden_losses.json, and so does the same run under static SP plans (groups of 2
-and of 4) and under heterogeneous plans (groups of different sizes in one micro-batch).
+"""Golden losses: a fixed-seed 4-rank run on a shipped corpus under data parallelism (groups of
+one) reproduces the per-step losses kept in tests/assets/golden_losses.json, and the same run
+under static SP plans (groups of 2 and of 4) and under heterogeneous plans (groups of different
+sizes in one micro-batch) reproduces the data-parallel run of the same session.
 
-Tolerance: 2e-4 relative per step. Every variant computes the same mathematical step; they
-differ in fp32 summation order (partial gradients summed across ranks, attention states
-combined across ranks) at about 1e-7 relative per step, and AdamW carries those differences
-forward over the steps. Against the stored file the same bound also covers another CPU's BLAS
-kernels. A real change to the model, loss normalisation or data order moves the losses by
-1e-2 or more.
+Two tolerances, because they guard different things:
+
+- Variants against the data-parallel run of this session: RTOL_SESSION = 1e-6 relative per
+  step. Same machine, same kernels: the variants compute the same mathematical step and differ
+  only in fp32 summation order (partial gradients summed across ranks, attention states combined
+  across ranks). Measured on the 2-core CPU: at most 6.8e-8, about one fp32 ulp of a loss near
+  5.5 (ulp 4.8e-7, i.e. 8.7e-8 relative); 1e-6 leaves room for ~10 ulps.
+- The data-parallel run against the stored file: RTOL_FILE = 2e-4 (the bound this test always
+  had; the drift between machines has not been measured). The file was written on one machine;
+  another CPU or BLAS build rounds its matrix products differently in every operation, not only
+  in the cross-rank sums, and AdamW amplifies such differences: its update m / sqrt(v) is about
+  lr in size whatever the gradient's size, so a gradient near zero whose rounding flips its sign
+  flips a whole update, and the losses drift apart over the steps beyond rounding level.
+
+The loose bound cannot catch a loss-normalisation bug, and that is why the variants are compared
+with the same-session run: AdamW is nearly invariant to the gradient's scale, so normalising
+each rank's loss by its own token count instead of the step's global count moved the hetero
+variant's losses by only 1.2e-4 relative, inside 2e-4 but far outside 1e-6.
 
 Regenerate the file (only when the training maths changes on purpose) with
 ``python -m tests.test_golden_losses``.
@@ -28,7 +41,8 @@ ROOT = Path(__file__).resolve().parent.parent
 ASSETS = ROOT / "tests" / "assets"
 GOLDEN = ASSETS / "golden_losses.json"
 STEPS = 6
-RTOL = 2e-4
+RTOL_SESSION = 1e-6  # variants vs this session's data-parallel run (module docstring: why)
+RTOL_FILE = 2e-4  # this session's data-parallel run vs the stored file (another machine's BLAS)
 
 BASE = [
     "model.vocab_size=258",
@@ -113,27 +127,47 @@ def _run(variant: str, dataset: Path, out_dir: Path):
     return run_ranks(_train, 4, overrides, str(out_dir), timeout=600)[0]
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("variant", list(VARIANTS))
-def test_variant_reproduces_golden_losses(variant, dataset, tmp_path):
-    golden = json.loads(GOLDEN.read_text())["losses"]
-    losses, plans = _run(variant, dataset, tmp_path / variant)
-    assert len(losses) == STEPS
-    for step, (got, want) in enumerate(zip(losses, golden), start=1):
-        assert got == pytest.approx(want, rel=RTOL), f"step {step}: {got} vs golden {want}"
-    sizes_per_mb = [
+def _sizes_per_micro_batch(plans: list[dict]) -> list[set[int]]:
+    return [
         {len(g["ranks"]) for g in mb["groups"] if g["sequences"]}
         for record in plans
         for mb in record["plan"]["micro_batches"]
     ]
+
+
+@pytest.fixture(scope="module")
+def dp_run(dataset, tmp_path_factory):
+    """The data-parallel run of this session, the reference of every other variant."""
+    return _run("dp", dataset, tmp_path_factory.mktemp("dp"))
+
+
+@pytest.mark.slow
+def test_data_parallel_run_reproduces_stored_losses(dp_run):
+    golden = json.loads(GOLDEN.read_text())["losses"]
+    losses, plans = dp_run
+    assert len(losses) == len(golden) == STEPS
+    for step, (got, want) in enumerate(zip(losses, golden), start=1):
+        assert got == pytest.approx(want, rel=RTOL_FILE), f"step {step}: {got} vs stored {want}"
+    assert all(s == {1} for s in _sizes_per_micro_batch(plans))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", [v for v in VARIANTS if v != "dp"])
+def test_variant_reproduces_data_parallel_losses(variant, dp_run, dataset, tmp_path):
+    reference, _ = dp_run
+    losses, plans = _run(variant, dataset, tmp_path / variant)
+    assert len(losses) == STEPS
+    for step, (got, want) in enumerate(zip(losses, reference), start=1):
+        assert got == pytest.approx(want, rel=RTOL_SESSION), (
+            f"step {step}: {got} vs data-parallel {want} (relative {abs(got - want) / want:.2e})"
+        )
+    sizes_per_mb = _sizes_per_micro_batch(plans)
     if variant == "hetero":
         assert any(len(s) > 1 for s in sizes_per_mb), (
             f"no micro-batch mixed group sizes: {sizes_per_mb}"
         )
-    elif variant.startswith("static"):
-        assert all(s == {int(variant[-1])} for s in sizes_per_mb)
     else:
-        assert all(s == {1} for s in sizes_per_mb)
+        assert all(s == {int(variant[-1])} for s in sizes_per_mb)
 
 
 def _regenerate() -> None:

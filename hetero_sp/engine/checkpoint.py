@@ -9,7 +9,8 @@ Layout of ``<out_dir>/checkpoints/step_00000050/``:
 - ``manifest.json``: size and sha256 of every other file, written last.
 
 A checkpoint is written into ``step_XXXXXXXX.partial`` and renamed into place only once every
-rank's files and the manifest are on disk, so a crash leaves either the old or the new one.
+rank's files and the manifest are on disk, so a crash leaves either the old or the new one (also
+when the same step is saved again: see :func:`~hetero_sp.engine.checkpoint_files.publish`).
 Loading checks the manifest, loads tensors with ``weights_only=True`` and, when a checkpoint is
 truncated or corrupt, warns and falls back to the previous one.
 
@@ -19,9 +20,7 @@ builds its fp32 master copies from the module), optimizer moments after it.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,15 +29,13 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from hetero_sp.engine import checkpoint_files as files
+from hetero_sp.engine.checkpoint_files import CheckpointError
 from hetero_sp.log import get_logger
 
 logger = get_logger(__name__)
 
 MOMENTS = ("exp_avg", "exp_avg_sq")
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be used (missing, truncated, corrupt or from another run)."""
 
 
 @dataclass(frozen=True)
@@ -49,28 +46,6 @@ class LoadedCheckpoint:
     model: dict[str, torch.Tensor]
     optim: dict[str, torch.Tensor]
     rng: dict | None
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _write_bytes_synced(path: Path, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _torch_save_synced(obj, path: Path) -> None:
-    with open(path, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def _full_param(engine, p: torch.nn.Parameter) -> torch.Tensor:
@@ -149,27 +124,19 @@ def gather_state(engine) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tenso
     return model, optim
 
 
-def _ckpt_root(out_dir: str | Path) -> Path:
-    return Path(out_dir) / "checkpoints"
-
-
-def _step_dir(out_dir, step: int) -> Path:
-    return _ckpt_root(out_dir) / f"step_{step:08d}"
-
-
 def save_checkpoint(engine, out_dir: str | Path, step: int, meta: dict, keep: int = 2) -> Path:
     """Write the checkpoint of ``step`` (collective) and keep the newest ``keep`` ones."""
     rank = dist.get_rank() if dist.is_initialized() else 0
-    final = _step_dir(out_dir, step)
+    final = files.step_dir(out_dir, step)
     partial = final.with_name(final.name + ".partial")
     model, optim = gather_state(engine)
     if rank == 0:
         if partial.exists():
             shutil.rmtree(partial)
         partial.mkdir(parents=True)
-        _torch_save_synced(model, partial / "model.pt")
-        _torch_save_synced(optim, partial / "optim.pt")
-        _write_bytes_synced(
+        files.torch_save_synced(model, partial / "model.pt")
+        files.torch_save_synced(optim, partial / "optim.pt")
+        files.write_bytes_synced(
             partial / "meta.json", json.dumps({"step": step, **meta}, indent=1).encode()
         )
     if dist.is_initialized():
@@ -177,47 +144,15 @@ def save_checkpoint(engine, out_dir: str | Path, step: int, meta: dict, keep: in
     rng = {"cpu": torch.get_rng_state()}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state()
-    _torch_save_synced(rng, partial / f"rng_{rank}.pt")
+    files.torch_save_synced(rng, partial / f"rng_{rank}.pt")
     if dist.is_initialized():
         dist.barrier()
     if rank == 0:
-        files = sorted(p for p in partial.iterdir() if p.name != "manifest.json")
-        manifest = {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in files}
-        _write_bytes_synced(partial / "manifest.json", json.dumps(manifest, indent=1).encode())
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(partial, final)
-        _prune(out_dir, keep)
+        files.publish(partial, final)
+        files.prune(out_dir, keep)
     if dist.is_initialized():
         dist.barrier()
     return final
-
-
-def _prune(out_dir, keep: int) -> None:
-    done = sorted(p for p in _ckpt_root(out_dir).glob("step_*") if not p.name.endswith(".partial"))
-    for old in done[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def _verify(path: Path) -> dict:
-    manifest_path = path / "manifest.json"
-    if not manifest_path.is_file():
-        raise CheckpointError(f"{path}: no manifest.json (the checkpoint was never completed)")
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except json.JSONDecodeError as err:
-        raise CheckpointError(f"{path}: manifest.json is corrupt ({err})") from err
-    for name, entry in manifest.items():
-        f = path / name
-        if not f.is_file():
-            raise CheckpointError(f"{path}: {name} is missing")
-        if f.stat().st_size != entry["bytes"]:
-            raise CheckpointError(
-                f"{path}: {name} has {f.stat().st_size} bytes, expected {entry['bytes']}"
-            )
-        if _sha256(f) != entry["sha256"]:
-            raise CheckpointError(f"{path}: {name} does not match its checksum")
-    return manifest
 
 
 def load_checkpoint(path: Path, rank: int = 0) -> LoadedCheckpoint:
@@ -231,7 +166,7 @@ def load_checkpoint(path: Path, rank: int = 0) -> LoadedCheckpoint:
 
 
 def _load_one(path: Path, rank: int) -> LoadedCheckpoint:
-    _verify(path)
+    files.verify(path)
     meta = json.loads((path / "meta.json").read_text())
     model = torch.load(path / "model.pt", map_location="cpu", weights_only=True)
     optim = torch.load(path / "optim.pt", map_location="cpu", weights_only=True)
@@ -246,13 +181,9 @@ def _load_one(path: Path, rank: int) -> LoadedCheckpoint:
 
 def load_latest(out_dir: str | Path, rank: int = 0) -> LoadedCheckpoint | None:
     """The newest checkpoint that passes its checks, or None; broken ones are skipped with a warning."""
-    root = _ckpt_root(out_dir)
-    if not root.is_dir():
+    if not files.checkpoint_root(out_dir).is_dir():
         return None
-    candidates = sorted(
-        (p for p in root.glob("step_*") if not p.name.endswith(".partial")), reverse=True
-    )
-    for path in candidates:
+    for path in reversed(files.completed(out_dir)):
         try:
             return _load_one(path, rank)
         except (

@@ -1,5 +1,6 @@
 """Per-step metrics: a flat dict with namespaced keys (``loss/``, ``throughput/``, ``memory/``,
-``plan/``, ``comm/``, ...), appended to ``metrics.jsonl`` and written to tensorboard.
+``plan/``, ``comm/``, ...), appended to ``metrics.jsonl`` and written to tensorboard; and each
+step's plan with its measured group times, appended to ``plans.jsonl``.
 
 Only rank 0 writes; other ranks get a writer that does nothing.
 """
@@ -12,6 +13,10 @@ import resource
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
+
+from hetero_sp.config import TrainConfig
+from hetero_sp.model.flops import configured_peak_flops, measure_matmul_flops
 
 
 def peak_memory_bytes(device: torch.device) -> int:
@@ -19,6 +24,21 @@ def peak_memory_bytes(device: torch.device) -> int:
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device))
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+def run_peak_flops(train: TrainConfig, device: torch.device) -> float:
+    """Peak FLOP/s of the whole run (collective), the denominator of ``throughput/mfu``: the sum
+    over ranks of ``train.peak_tflops``, else of a known GPU's datasheet value, else of a matrix
+    product in the training precision timed on every rank at once (CPU ranks share cores, so
+    their sum is the machine's)."""
+    peak = configured_peak_flops(device, train.precision, train.peak_tflops)
+    if peak is None:
+        dist.barrier()
+        dtype = torch.bfloat16 if train.precision == "bf16" else torch.float32
+        peak = measure_matmul_flops(device, dtype)
+    total = torch.tensor([peak], dtype=torch.float64)
+    dist.all_reduce(total)
+    return total.item()
 
 
 class MetricsWriter:
@@ -54,6 +74,14 @@ class MetricsWriter:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+
+
+def append_plan(out_dir: str | Path, step: int, plan, measured_group_s: list[list[float]]) -> None:
+    """One line of ``plans.jsonl``: the step, its :class:`~hetero_sp.planner.Plan` as a dict and
+    the measured seconds of every group of every micro-batch (``measured_group_s[m][g]``)."""
+    record = {"step": step, "plan": plan.to_dict(), "measured_group_s": measured_group_s}
+    with open(Path(out_dir) / "plans.jsonl", "a") as f:
+        f.write(json.dumps(record) + "\n")
 
 
 def read_metrics(path: str | Path) -> list[dict]:

@@ -27,7 +27,19 @@ _MODEL_KEYS = ("dim", "num_heads", "num_kv_heads", "ffn_dim", "vocab_size")
 
 def build_cost_model(cfg: Config, world_size: int, node_size: int, log: bool = True) -> CostModel:
     """The cost model of this run: the configured profile (rescaled by FLOPs when it was measured
-    with another model size), the run's topology, ZeRO stage and allowed strategies."""
+    with another model size), the run's topology, ZeRO stage and allowed strategies.
+
+    Raises :class:`ConfigError` when the config does not fit (an unreadable profile, model states
+    that fill the memory, ...)."""
+    try:
+        return _cost_model(cfg, world_size, node_size, log)
+    except ConfigError:
+        raise
+    except ValueError as err:  # the planner's checks of the profile and the cluster
+        raise ConfigError(str(err)) from err
+
+
+def _cost_model(cfg: Config, world_size: int, node_size: int, log: bool) -> CostModel:
     profile = load_profile(cfg.planner.profile)
     if any(getattr(profile.model, k) != getattr(cfg.model, k) for k in _MODEL_KEYS):
         if log:
@@ -74,7 +86,22 @@ def static_degree(cfg: Config) -> int | None:
 
 
 def make_plan_fn(cfg: Config, cost: CostModel) -> Callable[[Sequence[int]], Plan]:
-    """lengths -> validated plan, for the configured mode."""
+    """lengths -> validated plan, for the configured mode; a batch that cannot be planned raises
+    :class:`PlanError` (the planner's own ``ValueError`` checks included)."""
+    plan_fn = _plan_fn(cfg, cost)
+
+    def plan(lengths: Sequence[int]) -> Plan:
+        try:
+            return plan_fn(lengths)
+        except PlanError:
+            raise
+        except ValueError as err:  # e.g. a sequence that fits no group's memory
+            raise PlanError(str(err)) from err
+
+    return plan
+
+
+def _plan_fn(cfg: Config, cost: CostModel) -> Callable[[Sequence[int]], Plan]:
     degree = static_degree(cfg)
     if degree is not None:
         if degree not in cost.groups:

@@ -78,10 +78,16 @@ def plot_run(run_dir: str | Path, steps: list[int] | None = None) -> list[Path]:
     plans = _plans(run_dir)
     if steps is None:
         steps = sorted({min(plans), max(plans)}) if plans else []
+    elif steps and not plans:
+        raise ValueError(
+            f"{run_dir} has no plans.jsonl (or an empty one), so there are no plans to draw; "
+            "leave out --steps to draw the curves only"
+        )
     for step in steps:
         if step not in plans:
             raise ValueError(
-                f"step {step} has no plan in {run_dir}/plans.jsonl (steps {min(plans)}..{max(plans)})"
+                f"step {step} has no plan in {run_dir}/plans.jsonl (planned steps "
+                f"{min(plans)}..{max(plans)}); pick steps in that range with --steps"
             )
         record = plans[step]
         plan = Plan.from_dict(record["plan"])
@@ -108,14 +114,27 @@ def add_plot_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("run_dir", help="a training run's out_dir")
     p.add_argument(
         "--steps",
+        type=_step_list,
         default=None,
-        help="comma-separated steps whose plans to draw (default: first and last)",
+        help="comma-separated steps whose plans to draw, e.g. 1,60 (default: first and last)",
     )
     p.set_defaults(func=_cmd_plot)
 
 
+def _step_list(text: str) -> list[int]:
+    """``--steps 1,60`` -> [1, 60]; argparse reports the error (status 2) for anything else."""
+    try:
+        steps = [int(s) for s in text.split(",")]
+    except ValueError:
+        steps = []
+    if not steps or min(steps) < 1:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a comma-separated list of step numbers (>= 1), e.g. --steps 1,60"
+        )
+    return steps
+
+
 def _cmd_plot(args: argparse.Namespace) -> int:
-    steps = [int(s) for s in args.steps.split(",")] if args.steps else None
-    for path in plot_run(args.run_dir, steps):
+    for path in plot_run(args.run_dir, args.steps):
         print(path)
     return 0

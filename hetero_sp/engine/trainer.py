@@ -18,8 +18,9 @@ from hetero_sp.data.samplers import build_sampler
 from hetero_sp.distributed import DistInfo
 from hetero_sp.engine import checkpoint as ckpt_io
 from hetero_sp.engine import deepspeed_engine
+from hetero_sp.engine.errors import agree, share_plan_errors
 from hetero_sp.engine.faults import maybe_fail
-from hetero_sp.engine.metrics import MetricsWriter, peak_memory_bytes
+from hetero_sp.engine.metrics import MetricsWriter, append_plan, peak_memory_bytes, run_peak_flops
 from hetero_sp.engine.planning import build_cost_model, make_plan_fn
 from hetero_sp.engine.step import group_times, imbalance, run_step
 from hetero_sp.engine.topology import (
@@ -30,7 +31,8 @@ from hetero_sp.engine.topology import (
 )
 from hetero_sp.log import get_logger
 from hetero_sp.model import HybridLM
-from hetero_sp.model.flops import device_peak_flops, measure_matmul_flops, training_flops
+from hetero_sp.model.backends import resolve_linear_backend, resolve_softmax_backend
+from hetero_sp.model.flops import training_flops
 from hetero_sp.parallel import SPContext
 from hetero_sp.parallel.comm import COMM
 from hetero_sp.parallel.groups import build_group_pool
@@ -46,8 +48,17 @@ class Trainer:
         self.is_main = info.rank == 0
         torch.manual_seed(cfg.train.seed)
 
+        # The parallel setup first: it checks the config against the world (group sizes, the
+        # profile) in seconds, before the data, the model and DeepSpeed take minutes.
+        try:  # resolved at the first forward otherwise, long after DeepSpeed started
+            resolve_softmax_backend(cfg.parallel.softmax_backend, info.device)
+            resolve_linear_backend(cfg.parallel.linear_backend, info.device)
+        except ValueError as err:
+            raise ConfigError(str(err)) from err
+        self._cpu_group = dist.new_group(backend="gloo") if info.backend != "gloo" else None
+        self._setup_parallel()
         self.corpus = self._open_corpus()
-        self.sampler = build_sampler(cfg.data, self.corpus)
+        self.sampler = self._build_sampler()
         if self.is_main:
             logger.info("data: %s", json.dumps(self.sampler.describe()))
         model = HybridLM(
@@ -60,39 +71,26 @@ class Trainer:
 
         self.start_step = 0
         resume = self._find_checkpoint() if cfg.train.resume else None
-        if resume is not None:
+        if resume is not None:  # everything that can refuse the checkpoint, before DeepSpeed
             self._check_compatible(resume)
             ckpt_io.load_model_weights(model, resume)
-        self.engine = deepspeed_engine.initialize(model.to(info.device), cfg)
-        if resume is not None:
-            ckpt_io.load_optimizer_state(self.engine, resume)
-            ckpt_io.restore_rng(resume)
             self.sampler.load_state_dict(resume.meta["sampler"])
             if self.sampler.step != resume.step:
                 raise ckpt_io.CheckpointError(
                     f"{resume.path}: sampler state is at step {self.sampler.step}, the checkpoint "
                     f"at step {resume.step}"
                 )
+        self.engine = deepspeed_engine.initialize(model.to(info.device), cfg)
+        if resume is not None:
+            ckpt_io.load_optimizer_state(self.engine, resume)
+            ckpt_io.restore_rng(resume)
             self.start_step = resume.step
             logger.info("resumed from %s at step %d", resume.path, resume.step)
-        self._cpu_group = dist.new_group(backend="gloo") if info.backend != "gloo" else None
-        self._setup_parallel()
-        self.peak_flops = self._peak_flops()
+        self.peak_flops = run_peak_flops(cfg.train, info.device)
         self.metrics = MetricsWriter(self.out_dir, enabled=self.is_main)
         if self.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             (self.out_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
-
-    def _peak_flops(self) -> float:
-        """Peak FLOP/s of the whole run: the datasheet value of a known GPU, or a matrix product
-        timed on every rank at once (CPU ranks share cores, so their sum is the machine's)."""
-        peak = device_peak_flops(self.info.device, self.cfg.train.precision)
-        if peak is None:
-            dist.barrier()
-            peak = measure_matmul_flops(self.info.device)
-        total = torch.tensor([peak], dtype=torch.float64)
-        dist.all_reduce(total)
-        return total.item()
 
     def _open_corpus(self):
         """Rank 0 opens (and on first use prepares) the dataset before the other ranks do."""
@@ -100,14 +98,9 @@ class Trainer:
         if self.is_main:
             try:
                 corpus = open_corpus(self.cfg.data)
-            except Exception as err:  # re-raised below, once the other ranks know
+            except Exception as err:  # re-raised by agree(), once the other ranks know
                 failure = err
-        flag = [None if failure is None else f"{type(failure).__name__}: {failure}"]
-        dist.broadcast_object_list(flag, src=0)  # so no rank waits for a rank 0 that failed
-        if failure is not None:
-            raise failure
-        if flag[0] is not None:
-            raise RuntimeError(f"rank 0 could not open the dataset: {flag[0]}")
+        agree(failure)  # so no rank waits for a rank 0 that failed
         if corpus is None:
             corpus = open_corpus(self.cfg.data)
         vocab = corpus.vocab_size
@@ -118,6 +111,14 @@ class Trainer:
             )
         return corpus
 
+    def _build_sampler(self):
+        try:
+            return build_sampler(self.cfg.data, self.corpus)
+        except ConfigError:
+            raise
+        except ValueError as err:  # the samplers' checks of [data] against the dataset
+            raise ConfigError(str(err)) from err
+
     def _find_checkpoint(self) -> ckpt_io.LoadedCheckpoint | None:
         """Rank 0 picks the newest good checkpoint; every rank then loads that one."""
         found = ckpt_io.load_latest(self.out_dir, self.info.rank) if self.is_main else None
@@ -125,7 +126,14 @@ class Trainer:
         dist.broadcast_object_list(choice, src=0)
         if choice[0] is None:
             return None
-        return found if self.is_main else ckpt_io.load_checkpoint(Path(choice[0]), self.info.rank)
+        failure = None
+        if not self.is_main:
+            try:
+                found = ckpt_io.load_checkpoint(Path(choice[0]), self.info.rank)
+            except ckpt_io.CheckpointError as err:
+                failure = err
+        agree(failure)  # a rank whose files are broken stops every rank, not only itself
+        return found
 
     def _check_compatible(self, ckpt: ckpt_io.LoadedCheckpoint) -> None:
         saved = ckpt.meta.get("config", {})
@@ -146,7 +154,9 @@ class Trainer:
         self.cost = build_cost_model(cfg, info.world_size, node_size, log=self.is_main)
         plan_fn = make_plan_fn(cfg, self.cost)
         self.ahead = PlanAhead(
-            plan_fn, is_solver=self.is_main, share=broadcast_share(group=self._cpu_group, src=0)
+            plan_fn,
+            is_solver=self.is_main,
+            share=share_plan_errors(broadcast_share(group=self._cpu_group, src=0)),
         )
         if self.is_main:
             nodes, per_node = torchrun_nodes(info.world_size)
@@ -212,7 +222,7 @@ class Trainer:
         dist.all_reduce(per_rank)
         measured = group_times(plan, per_rank)
         if self.is_main:
-            self._log_plan(step + 1, plan, measured)
+            append_plan(self.out_dir, step + 1, plan, measured)
         grad_norm = self.engine.get_global_grad_norm()
         timing = self.ahead.timings.get(step)
         flops = training_flops(cfg.model, batch.lengths)
@@ -243,11 +253,6 @@ class Trainer:
         if timing is not None:
             metrics["plan/wait_ms"] = timing.wait_s * 1e3
         return metrics
-
-    def _log_plan(self, step: int, plan, measured: list[list[float]]) -> None:
-        record = {"step": step, "plan": plan.to_dict(), "measured_group_s": measured}
-        with open(self.out_dir / "plans.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
 
     def save(self, step: int) -> Path:
         meta = {

@@ -91,6 +91,14 @@ def device_peak_flops(device: torch.device, precision: str) -> float | None:
     return None
 
 
+def configured_peak_flops(device: torch.device, precision: str, peak_tflops: float) -> float | None:
+    """One rank's peak FLOP/s known without measuring: ``peak_tflops`` (``train.peak_tflops``)
+    when positive, else :func:`device_peak_flops`; None when it has to be measured."""
+    if peak_tflops > 0:
+        return peak_tflops * 1e12
+    return device_peak_flops(device, precision)
+
+
 def measure_matmul_flops(
     device: torch.device, dtype: torch.dtype | None = None, n: int = 1024, repeats: int = 5
 ) -> float:
