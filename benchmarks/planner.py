@@ -7,7 +7,8 @@ For the same batches of long-tailed lengths it compares, in predicted step time:
 - lower bounds: total GPU-seconds / GPUs (or the slowest sequence), and the MILP's own bound;
 plus the planner's solve time (p50/p95), the p95 over micro-batches of the bucket token error
 (tokens that rounding every length up to its bucket's longest adds), and how long the training
-loop waits for a plan solved one step ahead (``PlanAhead``) while a fake step keeps the CPU busy.
+loop waits for a plan solved one step ahead (``PlanAhead``, on a thread and on a process) and how
+much the solve slows a fake step of fixed CPU work beside it.
 
 Writes benchmarks/results/planner.json and one Gantt chart, benchmarks/results/planner_gantt.png.
 
@@ -117,8 +118,13 @@ def run_config(num_gpus, dist, args, profile, model):
     return summary, first_plan, cost
 
 
-def measure_run_ahead(cost, dist, num_seqs, steps, step_s, seed):
-    """Fake training steps of busy numpy work (~step_s each); the next plan solves meanwhile."""
+def measure_run_ahead(cost, dist, num_seqs, steps, step_s, seed, work, worker):
+    """Fake training steps (~step_s each) while the next plan solves on the worker thread.
+    ``work``: "numpy" (256 x 256 matrix products, which release the interpreter lock) or
+    "small-ops" (64 x 64 torch ops, mostly Python dispatch that holds the lock, like the host
+    side of a GPU training step launching kernels)."""
+    import torch
+
     rng = np.random.default_rng(seed)
     max_len = cost.groups[cost.sizes[-1]].max_tokens
     batches = [
@@ -126,22 +132,34 @@ def measure_run_ahead(cost, dist, num_seqs, steps, step_s, seed):
     ]
     planner = Planner(cost, PlannerOptions())
     a = np.random.default_rng(0).standard_normal((256, 256))
+    x = torch.randn(64, 64)
+
+    def one():
+        if work == "numpy":
+            a @ a  # noqa: B018 - CPU work
+        else:
+            (x @ x).relu_().sum()
+
+    # A fixed amount of work (calibrated to take ~step_s alone), so that contention with the
+    # solver shows as a longer step.
+    count, end = 0, time.perf_counter() + step_s
+    while time.perf_counter() < end:
+        one()
+        count += 1
 
     def fake_step():
-        end = time.perf_counter() + step_s
-        while time.perf_counter() < end:
-            a @ a  # noqa: B018 - CPU work, like a training step's host side
+        for _ in range(count):
+            one()
 
-    alone = []
-    for _ in range(3):
-        t = time.perf_counter()
-        fake_step()
-        alone.append(time.perf_counter() - t)
-    step_times, waits, solves = [], [], []
-    with PlanAhead(planner) as ahead:
+    # Alone and beside the solver alternate step by step, so drifting load hits both alike.
+    alone, step_times, waits, solves = [], [], [], []
+    with PlanAhead(planner, worker=worker) as ahead:
         ahead.submit(0, batches[0])
         ahead.get(0)
         for step in range(steps):
+            t = time.perf_counter()
+            fake_step()
+            alone.append(time.perf_counter() - t)
             t = time.perf_counter()
             ahead.submit(step + 1, batches[step + 1])
             fake_step()
@@ -151,6 +169,8 @@ def measure_run_ahead(cost, dist, num_seqs, steps, step_s, seed):
             waits.append(timing.wait_s)
             solves.append(timing.finished - timing.started)
     return dict(
+        work=work,
+        worker=worker,
         fake_step_s=step_s,
         step_alone_s=float(np.median(alone)),
         step_with_planner_s=float(np.median(step_times)),
@@ -215,13 +235,18 @@ def main() -> int:
     plan, cost, title = gantt_plan
     gantt = draw_gantt(plan, cost, args.gantt, title) if args.gantt else None
     ahead_cost = CostModel(profile, profile.topology(64), zero_stage=args.zero_stage, model=model)
-    ahead = measure_run_ahead(ahead_cost, "code", 512, args.ahead_steps, 2.0, args.seed)
-    print(
-        f"run-ahead (64 GPUs, 512 sequences, fake step {ahead['fake_step_s']:.1f} s of CPU work): "
-        f"step alone {ahead['step_alone_s']:.3f} s, with the next plan solving "
-        f"{ahead['step_with_planner_s']:.3f} s; get() waited p50 {ahead['wait_p50_s'] * 1e3:.1f} ms, "
-        f"max {ahead['wait_max_s'] * 1e3:.1f} ms; solve p50 {ahead['solve_p50_s']:.2f} s"
-    )
+    ahead = [
+        measure_run_ahead(ahead_cost, "code", 512, args.ahead_steps, 2.0, args.seed, work, worker)
+        for work in ("numpy", "small-ops")
+        for worker in ("thread", "process")
+    ]
+    for a in ahead:
+        print(
+            f"run-ahead on a {a['worker']} (64 GPUs, 512 sequences, fake {a['work']} step): "
+            f"step alone {a['step_alone_s']:.3f} s, with the next plan solving "
+            f"{a['step_with_planner_s']:.3f} s; get() waited p50 {a['wait_p50_s'] * 1e3:.1f} ms, "
+            f"max {a['wait_max_s'] * 1e3:.1f} ms; solve p50 {a['solve_p50_s']:.2f} s"
+        )
     load_end = os.getloadavg()
     print(f"load average {load_end[0]:.1f} at the end (1-minute; the machine is shared)")
     out = dict(

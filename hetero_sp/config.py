@@ -355,6 +355,9 @@ class PlannerConfig:
     """Largest SP group a plan may use (0: as large as the world and the profile allow)."""
     run_ahead: bool = True
     """Solve step i+1's plan on a background thread while step i trains."""
+    ahead_worker: str = "thread"
+    """Where rank 0 solves: thread, or process (a spawned process the thread waits on, which
+    keeps the solver's Python off the training loop's interpreter lock)."""
 
     def __post_init__(self) -> None:
         s = "planner"
@@ -366,6 +369,7 @@ class PlannerConfig:
             0 <= self.max_bucket_error < 1, s, "max_bucket_error", "must be in [0, 1) (0: off)"
         )
         _require(self.max_group_size >= 0, s, "max_group_size", "must be >= 0 (0: no cap)")
+        _choice(self.ahead_worker, ("thread", "process"), s, "ahead_worker")
 
 
 @dataclass(kw_only=True, frozen=True)

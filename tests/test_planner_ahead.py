@@ -141,3 +141,29 @@ def test_process_worker_needs_a_picklable_solve():
         PlanAhead(lambda lengths: None, worker="process")
     with pytest.raises(ValueError, match="worker 'fork' is unknown; allowed: thread, process"):
         PlanAhead(_refuse, worker="fork")
+
+
+def _make_in_daemon(rank, world_size):
+    with pytest.raises(ValueError, match="daemonic process .* use worker='thread'"):
+        PlanAhead(_refuse, worker="process")
+    return True
+
+
+def test_process_worker_is_refused_in_a_daemonic_process():
+    assert run_ranks(_make_in_daemon, 1) == [True]  # pool ranks are daemonic processes
+
+
+def _pid(lengths):
+    import os
+
+    return os.getpid()
+
+
+def test_process_worker_solves_in_another_process():
+    import os
+
+    with PlanAhead(_pid, worker="process") as ahead:
+        ahead.submit(0, [1])
+        ahead.submit(1, [2])
+        pids = {ahead.get(0), ahead.get(1)}
+    assert len(pids) == 1 and os.getpid() not in pids  # one worker process, kept across steps

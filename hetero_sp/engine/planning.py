@@ -9,6 +9,7 @@ step runs them the same way.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 
 from hetero_sp.config import Config, ConfigError
@@ -87,18 +88,41 @@ def static_degree(cfg: Config) -> int | None:
 
 def make_plan_fn(cfg: Config, cost: CostModel) -> Callable[[Sequence[int]], Plan]:
     """lengths -> validated plan, for the configured mode; a batch that cannot be planned raises
-    :class:`PlanError` (the planner's own ``ValueError`` checks included)."""
-    plan_fn = _plan_fn(cfg, cost)
+    :class:`PlanError` (the planner's own ``ValueError`` checks included). The function pickles
+    (module-level functions and a ``Planner``), so a run-ahead worker process can hold it."""
+    return functools.partial(_plan_or_error, _plan_fn(cfg, cost))
 
-    def plan(lengths: Sequence[int]) -> Plan:
-        try:
-            return plan_fn(lengths)
-        except PlanError:
-            raise
-        except ValueError as err:  # e.g. a sequence that fits no group's memory
-            raise PlanError(str(err)) from err
 
+def _plan_or_error(plan_fn: Callable[[Sequence[int]], Plan], lengths: Sequence[int]) -> Plan:
+    try:
+        return plan_fn(lengths)
+    except PlanError:
+        raise
+    except ValueError as err:  # e.g. a sequence that fits no group's memory
+        raise PlanError(str(err)) from err
+
+
+def _static_plan(cost: CostModel, degree: int, lengths: Sequence[int]) -> Plan:
+    plan = homogeneous_plan(lengths, cost, degree)
+    if plan is None:
+        longest = max(range(len(lengths)), key=lambda i: lengths[i])
+        need = cost.groups[degree].memory(lengths[longest])
+        raise PlanError(
+            f"sequence {longest} ({lengths[longest]} tokens) needs {need / 2**30:.2f} GiB "
+            f"per rank on groups of {degree}, more than the "
+            f"{cost.memory_limit_bytes / 2**30:.2f} GiB available; raise "
+            "parallel.sp_degree, planner.memory_gb or use parallel.sp_mode=hetero"
+        )
     return plan
+
+
+def _homogeneous_plan(cost: CostModel, lengths: Sequence[int]) -> Plan:
+    cost.check_lengths(lengths)
+    times = homogeneous_times(lengths, cost)
+    if not times:
+        raise PlanError("no single group size fits this batch; use parallel.sp_mode=hetero")
+    best = min(times, key=lambda d: (times[d], d))
+    return homogeneous_plan(lengths, cost, best)
 
 
 def _plan_fn(cfg: Config, cost: CostModel) -> Callable[[Sequence[int]], Plan]:
@@ -109,35 +133,10 @@ def _plan_fn(cfg: Config, cost: CostModel) -> Callable[[Sequence[int]], Plan]:
                 f"parallel.sp_degree: groups of {degree} ranks are not possible here (possible: "
                 f"{', '.join(map(str, cost.sizes))}); pick one of those"
             )
-
-        def static(lengths: Sequence[int]) -> Plan:
-            plan = homogeneous_plan(lengths, cost, degree)
-            if plan is None:
-                longest = max(range(len(lengths)), key=lambda i: lengths[i])
-                need = cost.groups[degree].memory(lengths[longest])
-                raise PlanError(
-                    f"sequence {longest} ({lengths[longest]} tokens) needs {need / 2**30:.2f} GiB "
-                    f"per rank on groups of {degree}, more than the "
-                    f"{cost.memory_limit_bytes / 2**30:.2f} GiB available; raise "
-                    "parallel.sp_degree, planner.memory_gb or use parallel.sp_mode=hetero"
-                )
-            return plan
-
-        return static
-
+        return functools.partial(_static_plan, cost, degree)
     if cfg.parallel.sp_mode == "homogeneous":
-
-        def homogeneous(lengths: Sequence[int]) -> Plan:
-            cost.check_lengths(lengths)
-            times = homogeneous_times(lengths, cost)
-            if not times:
-                raise PlanError("no single group size fits this batch; use parallel.sp_mode=hetero")
-            best = min(times, key=lambda d: (times[d], d))
-            return homogeneous_plan(lengths, cost, best)
-
-        return homogeneous
-
-    planner = Planner(
+        return functools.partial(_homogeneous_plan, cost)
+    return Planner(
         cost,
         PlannerOptions(
             time_limit_s=cfg.planner.time_limit_s,
@@ -146,4 +145,3 @@ def _plan_fn(cfg: Config, cost: CostModel) -> Callable[[Sequence[int]], Plan]:
             max_bucket_error=cfg.planner.max_bucket_error,
         ),
     )
-    return planner

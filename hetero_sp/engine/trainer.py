@@ -157,6 +157,7 @@ class Trainer:
             plan_fn,
             is_solver=self.is_main,
             share=share_plan_errors(broadcast_share(group=self._cpu_group, src=0)),
+            worker=cfg.planner.ahead_worker,
         )
         if self.is_main:
             nodes, per_node = torchrun_nodes(info.world_size)

@@ -87,6 +87,11 @@ class PlanAhead:
             raise ValueError(f"worker {worker!r} is unknown; allowed: {', '.join(WORKERS)}")
         self._pool = None
         if is_solver and worker == "process":
+            if multiprocessing.current_process().daemon:
+                raise ValueError(
+                    "worker='process' cannot start a process from this daemonic process (a "
+                    "multiprocessing pool worker, for example); use worker='thread'"
+                )
             try:
                 pickle.dumps(solve)
             except Exception as err:
