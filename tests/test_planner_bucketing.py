@@ -5,13 +5,14 @@ config."""
 from __future__ import annotations
 
 import dataclasses
+import pickle
 
 import numpy as np
 import pytest
 
 from hetero_sp.config import ConfigError, load_config
 from hetero_sp.engine.planning import make_plan_fn
-from hetero_sp.planner import PlannerOptions, plan_batch
+from hetero_sp.planner import Planner, PlannerOptions, plan_batch
 from hetero_sp.planner.bucketing import bucket_lengths
 from hetero_sp.planner.simulate import DISTRIBUTIONS, sample_lengths
 from tests.planner_common import synthetic_cost
@@ -86,6 +87,9 @@ def test_bad_options_and_config_are_refused():
 
 def test_the_config_value_reaches_the_planner():
     cfg = load_config(None, ["planner.max_bucket_error=0.125"])
-    planner = make_plan_fn(cfg, synthetic_cost(4, 1000))
+    plan_fn = make_plan_fn(cfg, synthetic_cost(4, 1000))
+    planner = plan_fn.args[0]  # the Planner inside the error-translating wrapper
+    assert isinstance(planner, Planner)
+    assert pickle.loads(pickle.dumps(plan_fn)).args[0].options == planner.options
     assert planner.options.max_bucket_error == 0.125
     assert planner.options.bucket_cap == 4 * cfg.planner.num_buckets
