@@ -16,15 +16,10 @@ import json
 import os
 import platform
 import statistics
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from hetero_sp.engine.metrics import read_metrics  # noqa: E402
+from harness import ROOT, torchrun_train
 
 COMMON = [
     "data.tokens_per_step=16384",
@@ -47,21 +42,6 @@ def modes(nproc: int) -> dict[str, list[str]]:
     out["homogeneous"] = ["parallel.sp_mode=homogeneous"]
     out["hetero"] = ["parallel.sp_mode=hetero"]
     return out
-
-
-def run(nproc: int, overrides: list[str], steps: int, out_dir: Path, port: int) -> list[dict]:
-    env = dict(os.environ)
-    env.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache/hetero_sp/torch_extensions"))
-    cmd = [
-        str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node", str(nproc),
-        "--master_addr", "127.0.0.1", "--master_port", str(port),
-        "-m", "hetero_sp.train", "--config", "configs/cpu-tiny.toml", *COMMON, *overrides,
-        f"train.steps={steps}", f"train.out_dir={out_dir}",
-    ]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise SystemExit(f"{overrides} failed:\n{proc.stderr[-4000:]}")
-    return read_metrics(out_dir / "metrics.jsonl")
 
 
 def summarise(records: list[dict], warmup: int) -> dict:
@@ -89,7 +69,13 @@ def main() -> None:
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
         for i, (name, overrides) in enumerate(modes(args.nproc).items()):
-            records = run(args.nproc, overrides, args.steps, Path(tmp) / f"run{i}", 29870 + i)
+            records = torchrun_train(
+                "configs/cpu-tiny.toml",
+                args.nproc,
+                [*COMMON, *overrides, f"train.steps={args.steps}"],
+                Path(tmp) / f"run{i}",
+                29870 + i,
+            )
             rows[name] = summarise(records, args.warmup)
             print(f"{name}: {rows[name]['tokens_per_s']:.0f} tokens/s", flush=True)
     best_static = max((v["tokens_per_s"], k) for k, v in rows.items() if k.startswith("static"))

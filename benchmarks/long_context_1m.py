@@ -16,15 +16,10 @@ import argparse
 import json
 import os
 import platform
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from hetero_sp.engine.metrics import read_metrics  # noqa: E402
+from harness import ROOT, torchrun_train
 
 RUNS = {
     "zeco, 4 ranks x 262,144 (1M sequence)": (4, ["parallel.linear_sp=zeco"]),
@@ -41,21 +36,6 @@ RUNS = {
 }
 
 
-def run(nproc: int, overrides: list[str], steps: int, out_dir: Path, port: int) -> list[dict]:
-    env = dict(os.environ)
-    env.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache/hetero_sp/torch_extensions"))
-    cmd = [
-        str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node", str(nproc),
-        "--master_addr", "127.0.0.1", "--master_port", str(port),
-        "-m", "hetero_sp.train", "--config", "configs/cpu-1m-linear.toml", *overrides,
-        f"train.steps={steps}", f"train.out_dir={out_dir}", "train.progress=false",
-    ]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise SystemExit(f"run failed:\n{proc.stderr[-4000:]}")
-    return read_metrics(out_dir / "metrics.jsonl")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=2)
@@ -63,7 +43,13 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for i, (name, (nproc, overrides)) in enumerate(RUNS.items()):
-            records = run(nproc, overrides, args.steps, Path(tmp) / f"run{i}", 29850 + i)
+            records = torchrun_train(
+                "configs/cpu-1m-linear.toml",
+                nproc,
+                [*overrides, f"train.steps={args.steps}"],
+                Path(tmp) / f"run{i}",
+                29850 + i,
+            )
             last = records[-1]
             rows.append(
                 {

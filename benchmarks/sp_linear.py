@@ -26,26 +26,21 @@ import json
 import os
 import platform
 import statistics
-import sys
-import tempfile
 import time
-from datetime import timedelta
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
+from harness import spawn_gloo
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from hetero_sp.model import PackedSeqs  # noqa: E402
-from hetero_sp.model.backends import local_linear_attention  # noqa: E402
-from hetero_sp.parallel import SPContext, linear_strategy, make_layout  # noqa: E402
-from hetero_sp.parallel.comm import COMM, lasp2_bytes, zeco_link_bytes  # noqa: E402
-from hetero_sp.parallel.lasp2 import gather_summaries  # noqa: E402
-from hetero_sp.parallel.linear_pieces import piece_table, zeco_links  # noqa: E402
-from hetero_sp.parallel.zeco import NUM_BLOCKS, start_scan  # noqa: E402
+from hetero_sp.model import PackedSeqs
+from hetero_sp.model.backends import local_linear_attention
+from hetero_sp.parallel import SPContext, linear_strategy, make_layout
+from hetero_sp.parallel.comm import COMM, lasp2_bytes, zeco_link_bytes
+from hetero_sp.parallel.lasp2 import gather_summaries
+from hetero_sp.parallel.linear_pieces import piece_table, zeco_links
+from hetero_sp.parallel.zeco import NUM_BLOCKS, start_scan
 
 STRATEGIES = ("lasp2", "zeco")
 RESULTS = Path(__file__).resolve().parent / "results" / "sp_linear.json"
@@ -129,31 +124,8 @@ def _measure(rank, P, T, args, group) -> dict:
     return row
 
 
-def _worker(rank, P, store_path, args, out_path):
-    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    torch.set_num_threads(1)
-    store = dist.FileStore(store_path, P)
-    dist.init_process_group(
-        "gloo", store=store, rank=rank, world_size=P, timeout=timedelta(seconds=900)
-    )
-    group = dist.new_group(list(range(P)))
-    rows = [_measure(rank, P, T, args, group) for T in args.tokens_per_rank]
-    if rank == 0:
-        Path(out_path).write_text(json.dumps(rows))
-    dist.barrier()
-    dist.destroy_process_group()
-
-
-def _run(P: int, args) -> list[dict]:
-    with tempfile.TemporaryDirectory(prefix="hsp-bench-") as tmp:
-        out_path = os.path.join(tmp, "rows.json")
-        mp.start_processes(
-            _worker,
-            args=(P, os.path.join(tmp, "store"), args, out_path),
-            nprocs=P,
-            start_method="spawn",
-        )
-        return json.loads(Path(out_path).read_text())
+def _rows(rank, P, group, args) -> list[dict]:
+    return [_measure(rank, P, T, args, group) for T in args.tokens_per_rank]
 
 
 def _table(rows: list[dict]) -> str:
@@ -196,7 +168,7 @@ def main() -> None:
     start = time.perf_counter()
     load_start = os.getloadavg()[0]
     for P in args.ranks:
-        rows += _run(P, args)
+        rows += spawn_gloo(_rows, P, args)
         print(f"P={P} done after {time.perf_counter() - start:.0f} s", flush=True)
     print(_table(rows))
     machine = {

@@ -20,21 +20,16 @@ import json
 import os
 import platform
 import statistics
-import sys
-import tempfile
 import time
-from datetime import timedelta
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+from harness import spawn_gloo
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from hetero_sp.model import PackedSeqs  # noqa: E402
-from hetero_sp.parallel import SPContext, layout_kind_for, make_layout, softmax_strategy  # noqa: E402
-from hetero_sp.parallel.comm import COMM, allgather_kv_bytes, ulysses_bytes  # noqa: E402
+from hetero_sp.model import PackedSeqs
+from hetero_sp.parallel import SPContext, layout_kind_for, make_layout, softmax_strategy
+from hetero_sp.parallel.comm import COMM, allgather_kv_bytes, ulysses_bytes
 
 STRATEGIES = ("ulysses", "allgather_kv")
 RESULTS = Path(__file__).resolve().parent / "results" / "sp_softmax.json"
@@ -45,14 +40,7 @@ def _one_call(strategy, sp, q, k, v, do):
     o.backward(do)
 
 
-def _worker(rank, P, store_path, args, out_path):
-    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    torch.set_num_threads(1)
-    store = dist.FileStore(store_path, P)
-    dist.init_process_group(
-        "gloo", store=store, rank=rank, world_size=P, timeout=timedelta(seconds=900)
-    )
-    group = dist.new_group(list(range(P)))
+def _rows(rank, P, group, args) -> list[dict]:
     H, G, E = args.heads, args.kv_heads, args.head_dim
     rows = []
     for N in args.tokens:
@@ -90,22 +78,7 @@ def _worker(rank, P, store_path, args, out_path):
             row[f"{strategy}_ms"] = 1e3 * statistics.median(times[strategy])
             row[f"{strategy}_formula_bytes"] = formula  # the busiest rank's, like the counter
         rows.append(row)
-    if rank == 0:
-        Path(out_path).write_text(json.dumps(rows))
-    dist.barrier()
-    dist.destroy_process_group()
-
-
-def _run(P: int, args) -> list[dict]:
-    with tempfile.TemporaryDirectory(prefix="hsp-bench-") as tmp:
-        out_path = os.path.join(tmp, "rows.json")
-        mp.start_processes(
-            _worker,
-            args=(P, os.path.join(tmp, "store"), args, out_path),
-            nprocs=P,
-            start_method="spawn",
-        )
-        return json.loads(Path(out_path).read_text())
+    return rows
 
 
 def _table(rows: list[dict]) -> str:
@@ -140,7 +113,7 @@ def main() -> None:
     start = time.perf_counter()
     load_start = os.getloadavg()[0]
     for P in args.ranks:
-        rows += _run(P, args)
+        rows += spawn_gloo(_rows, P, args)
         print(f"P={P} done after {time.perf_counter() - start:.0f} s", flush=True)
     print(_table(rows))
     machine = {
