@@ -141,13 +141,14 @@ def test_batch_no_plan_fits_stops_every_rank(tmp_path):
 
 @pytest.mark.slow
 def test_readme_demo_command_trains_and_loss_falls(tmp_path):
-    """The README's main-job command as written (with a shorter run and its own folder)."""
+    """The README's main-job command as written (with a shorter run and its own folder): 12 of
+    its 60 steps take the loss from about 5.2 (mean of the first 4) to about 3.6 (last 4)."""
     out = tmp_path / "demo"
     proc = subprocess.run(
         [
             "bash",
             "launch/demo_cpu.sh",
-            "train.steps=30",
+            "train.steps=12",
             f"train.out_dir={out}",
             "train.progress=false",
         ],
@@ -160,10 +161,10 @@ def test_readme_demo_command_trains_and_loss_falls(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     assert f"metrics: {out}/metrics.jsonl" in proc.stdout
     losses = [r["loss/train"] for r in read_metrics(out / "metrics.jsonl")]
-    assert len(losses) == 30
-    first, last = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
-    assert last < first - 0.5, f"loss did not fall: first 10 steps {first:.3f}, last 10 {last:.3f}"
-    assert (out / "checkpoints" / "step_00000030" / "manifest.json").is_file()
+    assert len(losses) == 12
+    first, last = sum(losses[:4]) / 4, sum(losses[-4:]) / 4
+    assert last < first - 0.8, f"loss did not fall: first 4 steps {first:.3f}, last 4 {last:.3f}"
+    assert (out / "checkpoints" / "step_00000012" / "manifest.json").is_file()
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
 
 
