@@ -11,7 +11,12 @@ the query heads divisible by the group size) is reported as skipped with the rea
     # CPU: a tiny model at short contexts, gloo ranks
     torchrun --nproc_per_node 4 benchmarks/throughput_1m.py --model tiny
 
-Prints a markdown table and writes benchmarks/results/throughput_1m_<model>.json.
+On one rank nothing is communicated, so one strategy pair is timed. ``--budget-s`` bounds the
+whole run: a pair whose estimated time (its last timed context scaled by training FLOPs) exceeds
+what is left is reported as skipped, so a GPU session with minutes to spare still gets every
+context that fits them (``benchmarks/gpu_session.sh``).
+
+Prints a markdown table and writes benchmarks/results/throughput_1m_<model>.json (or --out).
 """
 
 from __future__ import annotations
@@ -95,12 +100,41 @@ def time_pair(model, cfg, context, softmax, linear, rank, world, device, repeats
     return statistics.median(times)
 
 
+def _pairs(cfg: ModelConfig, world: int) -> tuple[tuple[str, str], ...]:
+    """The strategy pairs worth timing: on one rank nothing is communicated and every pair runs
+    the same computation, so one is timed."""
+    return PAIRS[:1] if world == 1 else PAIRS
+
+
+def _skip_reason(cfg, context, softmax, world, estimate_s, left_s) -> str | None:
+    if (
+        "S" in cfg.layers
+        and softmax == "ulysses"
+        and not ulysses_supported(cfg.num_heads, cfg.num_kv_heads, world)
+    ):
+        return f"Ulysses needs {cfg.num_heads} query heads divisible by {world}"
+    if estimate_s is not None and left_s is not None and estimate_s > left_s:
+        return f"estimated {estimate_s:.0f} s, {max(left_s, 0):.0f} s left of --budget-s"
+    return None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=sorted(MODELS), default="tiny")
     parser.add_argument("--contexts", default=None, help="comma-separated context lengths")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--budget-s",
+        type=float,
+        default=None,
+        help="wall-clock seconds for the whole run: a pair whose estimated time (the last timed "
+        "call scaled by training FLOPs, times repeats + 1) exceeds what is left is skipped",
+    )
+    parser.add_argument(
+        "--out", default=None, help="default benchmarks/results/throughput_1m_<model>.json"
+    )
     args = parser.parse_args()
+    start = time.perf_counter()
     info = init_distributed()
     cfg, contexts = MODELS[args.model]
     if args.contexts:
@@ -117,31 +151,26 @@ def main() -> None:
         else f"CPU ({os.cpu_count()} cores)"
     )
     rows = []
+    seconds_per_flop = {}  # per pair: the last timed call's seconds / its training FLOPs
     for context in contexts:
-        for softmax, linear in PAIRS:
+        flops = training_flops(cfg, [context])
+        for softmax, linear in _pairs(cfg, info.world_size):
             row = {"context": context, "softmax": softmax, "linear": linear}
-            if (
-                "S" in cfg.layers
-                and softmax == "ulysses"
-                and not ulysses_supported(cfg.num_heads, cfg.num_kv_heads, info.world_size)
-            ):
-                row["skipped"] = (
-                    f"Ulysses needs {cfg.num_heads} query heads divisible by {info.world_size}"
-                )
+            rate = seconds_per_flop.get((softmax, linear))
+            estimate = None if rate is None else rate * flops * (args.repeats + 1)
+            left = None if args.budget_s is None else args.budget_s - (time.perf_counter() - start)
+            # Every rank decides on rank 0's clock, so they skip the same pairs.
+            left = _broadcast_float(left, info.device)
+            reason = _skip_reason(cfg, context, softmax, info.world_size, estimate, left)
+            if reason is not None:
+                row["skipped"] = reason
             else:
                 try:
                     seconds = time_pair(
-                        model,
-                        cfg,
-                        context,
-                        softmax,
-                        linear,
-                        info.rank,
-                        info.world_size,
-                        info.device,
-                        args.repeats,
-                    )
-                    flops = training_flops(cfg, [context])
+                        model, cfg, context, softmax, linear, info.rank, info.world_size,
+                        info.device, args.repeats,
+                    )  # fmt: skip
+                    seconds_per_flop[softmax, linear] = seconds / flops
                     row.update(
                         step_s=seconds,
                         tokens_per_s_per_device=context / seconds / info.world_size,
@@ -149,13 +178,18 @@ def main() -> None:
                     )
                 except torch.OutOfMemoryError:
                     row["skipped"] = "out of memory"
+                    model.zero_grad(set_to_none=True)
                     torch.cuda.empty_cache()
             rows.append(row)
             if info.rank == 0:
                 print(json.dumps(row), flush=True)
     if info.rank == 0:
+        note = ""
+        if info.world_size == 1:
+            note = "; one rank: no communication, so one strategy pair stands for all"
         print(
-            f"\n{args.model} model, {info.world_size} x {name}, {dtype}, activation checkpointing on\n"
+            f"\n{args.model} model, {info.world_size} x {name}, {dtype}, "
+            f"activation checkpointing on{note}\n"
         )
         print("| context | softmax | linear | step s | tokens/s/device | MFU |")
         print("|---|---|---|---|---|---|")
@@ -173,13 +207,30 @@ def main() -> None:
             "devices": info.world_size,
             "device": name,
             "dtype": str(dtype),
+            "torch": torch.__version__,
             "peak_flops_per_device": peak,
+            "repeats": args.repeats,
+            "budget_s": args.budget_s,
             "rows": rows,
         }
-        path = ROOT / "benchmarks" / "results" / f"throughput_1m_{args.model}.json"
+        path = (
+            Path(args.out)
+            if args.out
+            else ROOT / "benchmarks" / "results" / f"throughput_1m_{args.model}.json"
+        )
+        path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(out, indent=1) + "\n")
         print(f"wrote {path}")
     shutdown_distributed()
+
+
+def _broadcast_float(value: float | None, device: torch.device) -> float | None:
+    """Rank 0's ``value`` on every rank (None stays None: it is the same on all ranks)."""
+    if value is None or not dist.is_initialized() or dist.get_world_size() == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.broadcast(t, src=0)
+    return t.item()
 
 
 if __name__ == "__main__":
