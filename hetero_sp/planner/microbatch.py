@@ -26,7 +26,7 @@ from hetero_sp.planner.bucketing import Buckets, bucket_lengths
 from hetero_sp.planner.cost import CostModel
 from hetero_sp.planner.milp import MilpInput, SlotCounts, solve_milp
 from hetero_sp.planner.options import PlannerOptions
-from hetero_sp.planner.plan import MicroBatchPlan, SolverStats
+from hetero_sp.planner.plan import MicroBatchPlan, SolverStats, relative_gap
 
 _FIRST_ROUND_SHARE = 0.5  # of the micro-batch's MILP time, for the aggregated first round
 
@@ -155,13 +155,15 @@ def plan_micro_batch(
             if result is None:
                 notes.append(f"round {round_ + 1}: the MILP found no better solution in time")
                 continue
+            # A round cut off before proving a bound keeps the earlier round's (same model).
             bounds = [b for b in (stats["bound_s"], result.bound) if b is not None]
+            bound = max(bounds) if bounds else None
             stats = dict(
                 solver=result.solver,
                 status=result.status,
                 objective_s=result.objective,
-                bound_s=max(bounds) if bounds else None,
-                gap=result.gap,
+                bound_s=bound,
+                gap=None if bound is None else relative_gap(result.objective, bound),
             )
             pack = assign.realize(
                 lengths, cost, buckets, result, options.improve_rounds, budget.deadline

@@ -58,7 +58,7 @@ class MilpResult:
     """(size, number of groups, bucket counts of the whole class) of the aggregated sizes."""
     objective: float
     bound: float | None
-    gap: float | None
+    """The solver's proven lower bound on ``objective``; None when it stopped before one."""
     status: str
     solver: str
     solve_s: float
@@ -211,13 +211,13 @@ def solve_milp(
     solve_s = time.perf_counter() - start
     if makespan.varValue is None or prob.status != pulp.LpStatusOptimal:
         return None  # pulp says "Optimal" for any incumbent; the solution status tells which
-    bound = gap = None
+    bound = None
     status = "optimal" if prob.sol_status == pulp.LpSolutionOptimal else "time_limit"
     if name == "highs":
         info = prob.solverModel.getInfo()
-        bound, gap = float(info.mip_dual_bound), float(info.mip_gap)
-        if not (np.isfinite(bound) and np.isfinite(gap)):  # stopped before a bound was proven
-            bound = gap = None
+        bound = float(info.mip_dual_bound)
+        if not np.isfinite(bound):  # stopped before a bound was proven
+            bound = None
         text = prob.solverModel.modelStatusToString(prob.solverModel.getModelStatus())
         status = "time_limit" if "time limit" in text.lower() else text.lower().replace(" ", "_")
     groups = []
@@ -241,7 +241,6 @@ def solve_milp(
         fluid=tuple(fluid_out),
         objective=float(makespan.varValue),
         bound=bound,
-        gap=gap,
         status=status,
         solver=name,
         solve_s=solve_s,

@@ -51,6 +51,11 @@ class GroupPlan:
         return len(self.ranks)
 
 
+def relative_gap(objective: float, bound: float) -> float:
+    """How far a proven lower ``bound`` may sit below ``objective``, relative to it (>= 0)."""
+    return max(0.0, objective - bound) / objective if objective > 0 else 0.0
+
+
 @dataclass(frozen=True)
 class SolverStats:
     solver: str
@@ -61,6 +66,7 @@ class SolverStats:
     bound_s: float | None
     """The solver's proven lower bound on that objective; None when the solver gives none."""
     gap: float | None
+    """``relative_gap(objective_s, bound_s)``; None without a bound."""
     solve_s: float
     """Wall time of bucketing, MILP and assignment for this micro-batch."""
     num_buckets: int
