@@ -25,7 +25,6 @@ COMMON = [
     "data.tokens_per_step=16384",
     "data.max_seq_len=8192",
     "train.ckpt_every=0",
-    "train.progress=false",
 ]
 
 

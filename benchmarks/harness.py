@@ -15,6 +15,10 @@ import tempfile
 from datetime import timedelta
 from pathlib import Path
 
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
@@ -23,9 +27,6 @@ from hetero_sp.engine.metrics import read_metrics  # noqa: E402
 
 
 def _gloo_rank(rank, world, store_path, out_path, measure, args):
-    import torch
-    import torch.distributed as dist
-
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     torch.set_num_threads(1)
     store = dist.FileStore(store_path, world)
@@ -44,8 +45,6 @@ def spawn_gloo(measure, world: int, *args):
     """Runs ``measure(rank, world, group, *args)`` on ``world`` spawned processes joined by gloo
     over loopback (one torch thread each) and returns what rank 0's call returned (JSON-able).
     ``measure`` must be a module-level function, so the spawned processes can import it."""
-    import torch.multiprocessing as mp
-
     with tempfile.TemporaryDirectory(prefix="hsp-bench-") as tmp:
         out_path = os.path.join(tmp, "result.json")
         mp.start_processes(

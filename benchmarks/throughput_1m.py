@@ -100,13 +100,13 @@ def time_pair(model, cfg, context, softmax, linear, rank, world, device, repeats
     return statistics.median(times)
 
 
-def _pairs(cfg: ModelConfig, world: int) -> tuple[tuple[str, str], ...]:
+def _pairs(world: int) -> tuple[tuple[str, str], ...]:
     """The strategy pairs worth timing: on one rank nothing is communicated and every pair runs
     the same computation, so one is timed."""
     return PAIRS[:1] if world == 1 else PAIRS
 
 
-def _skip_reason(cfg, context, softmax, world, estimate_s, left_s) -> str | None:
+def _skip_reason(cfg, softmax, world, estimate_s, left_s) -> str | None:
     if (
         "S" in cfg.layers
         and softmax == "ulysses"
@@ -154,14 +154,14 @@ def main() -> None:
     seconds_per_flop = {}  # per pair: the last timed call's seconds / its training FLOPs
     for context in contexts:
         flops = training_flops(cfg, [context])
-        for softmax, linear in _pairs(cfg, info.world_size):
+        for softmax, linear in _pairs(info.world_size):
             row = {"context": context, "softmax": softmax, "linear": linear}
             rate = seconds_per_flop.get((softmax, linear))
             estimate = None if rate is None else rate * flops * (args.repeats + 1)
             left = None if args.budget_s is None else args.budget_s - (time.perf_counter() - start)
             # Every rank decides on rank 0's clock, so they skip the same pairs.
             left = _broadcast_float(left, info.device)
-            reason = _skip_reason(cfg, context, softmax, info.world_size, estimate, left)
+            reason = _skip_reason(cfg, softmax, info.world_size, estimate, left)
             if reason is not None:
                 row["skipped"] = reason
             else:
