@@ -19,7 +19,6 @@ RUN MAX_JOBS=${MAX_JOBS} pip install --no-build-isolation "flash-attn>=2.6,<3"
 
 COPY pyproject.toml README.md ./
 COPY hetero_sp ./hetero_sp
-COPY kernels ./kernels
 COPY configs ./configs
 COPY launch ./launch
 RUN pip install --no-build-isolation -e ".[gpu]"

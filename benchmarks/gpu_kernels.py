@@ -95,8 +95,8 @@ def time_fwd_bwd(fn, inputs, reps: int) -> float:
 def run_timings(device, tokens: list[int], H: int, D: int, dtype, reps: int = 5) -> list[dict]:
     import torch
 
-    from kernels.linear_attn.chunk import chunk_linear_attn
-    from kernels.linear_attn.torch_chunk import torch_chunk_linear_attn
+    from hetero_sp.ops.linear_attn.chunk import chunk_linear_attn
+    from hetero_sp.ops.linear_attn.torch_chunk import torch_chunk_linear_attn
 
     impls = {"triton": chunk_linear_attn, "torch": torch_chunk_linear_attn}
     if (fla := load_fla()) is not None:

@@ -103,11 +103,11 @@ def compile_count(kernel) -> int | None:
 def run_checks(device, dry_run: bool) -> list[dict]:
     import torch
 
-    from kernels.common.cumsum import chunk_local_cumsum_fwd_kernel_scalar
-    from kernels.linear_attn import chunk_bwd, chunk_bwd_dqkg, chunk_fwd
-    from kernels.linear_attn.chunk import chunk_linear_attn
-    from kernels.linear_attn.naive import naive_linear_attn
-    from kernels.linear_attn.torch_chunk import torch_chunk_linear_attn
+    from hetero_sp.ops.common.cumsum import chunk_local_cumsum_fwd_kernel_scalar
+    from hetero_sp.ops.linear_attn import chunk_bwd, chunk_bwd_dqkg, chunk_fwd
+    from hetero_sp.ops.linear_attn.chunk import chunk_linear_attn
+    from hetero_sp.ops.linear_attn.naive import naive_linear_attn
+    from hetero_sp.ops.linear_attn.torch_chunk import torch_chunk_linear_attn
 
     torch.backends.cuda.matmul.allow_tf32 = False  # the torch reference in true fp32
     checks: list[dict] = []
@@ -194,7 +194,12 @@ def run_merge_checks(device, dry_run: bool, checks: list[dict]) -> None:
     import torch
     import torch.nn.functional as F
 
-    from kernels.linear_attn_sp import MAX_TRITON_HEAD_K, correction_bwd, correction_fwd, state_scan
+    from hetero_sp.ops.linear_attn_sp import (
+        MAX_TRITON_HEAD_K,
+        correction_bwd,
+        correction_fwd,
+        state_scan,
+    )
 
     gen = torch.Generator(device="cpu").manual_seed(7)
 

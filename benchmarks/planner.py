@@ -32,7 +32,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hetero_sp.planner import CostModel, PlanAhead, Planner, PlannerOptions  # noqa: E402
+from hetero_sp.planner import CostModel, PlanAhead, Planner, PlannerConfig  # noqa: E402
+from hetero_sp.planner.cluster import Link  # noqa: E402
 from hetero_sp.planner.estimate import h100_estimate  # noqa: E402
 from hetero_sp.planner.gantt import draw_gantt  # noqa: E402
 from hetero_sp.planner.simulate import (  # noqa: E402
@@ -42,7 +43,6 @@ from hetero_sp.planner.simulate import (  # noqa: E402
     sample_lengths,
     step_lower_bound,
 )
-from hetero_sp.planner.topology import Link  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DEFAULT_SEQS = {8: 64, 16: 128, 32: 256, 64: 512, 128: 1024, 256: 1024}
@@ -58,7 +58,7 @@ def run_config(num_gpus, dist, args, profile, model):
     cost = CostModel(
         profile, profile.topology(num_gpus, **overrides), zero_stage=args.zero_stage, model=model
     )
-    options = PlannerOptions(time_limit_s=args.time_limit, max_bucket_error=args.max_bucket_error)
+    options = PlannerConfig(time_limit_s=args.time_limit, max_bucket_error=args.max_bucket_error)
     planner = Planner(cost, options)
     rng = np.random.default_rng([args.seed, num_gpus, list(DISTRIBUTIONS).index(dist)])
     max_len = cost.groups[cost.sizes[-1]].max_tokens
@@ -130,7 +130,7 @@ def measure_run_ahead(cost, dist, num_seqs, steps, step_s, seed, work, worker):
     batches = [
         sample_lengths(DISTRIBUTIONS[dist], num_seqs, rng, max_len) for _ in range(steps + 1)
     ]
-    planner = Planner(cost, PlannerOptions())
+    planner = Planner(cost, PlannerConfig())
     a = np.random.default_rng(0).standard_normal((256, 256))
     x = torch.randn(64, 64)
 
@@ -186,11 +186,11 @@ def main() -> int:
     parser.add_argument("--dists", default=",".join(DISTRIBUTIONS))
     parser.add_argument("--batches", type=int, default=12, help="batches per configuration")
     parser.add_argument("--seqs", type=int, default=0, help="sequences per batch (0: by GPUs)")
-    parser.add_argument("--time-limit", type=float, default=PlannerOptions().time_limit_s)
+    parser.add_argument("--time-limit", type=float, default=PlannerConfig().time_limit_s)
     parser.add_argument(
         "--max-bucket-error",
         type=float,
-        default=PlannerOptions().max_bucket_error,
+        default=PlannerConfig().max_bucket_error,
         help="token error the bucketing aims under (0: exactly 16 buckets)",
     )
     parser.add_argument("--zero-stage", type=int, default=3)

@@ -34,12 +34,13 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from harness import spawn_gloo
 
+from hetero_sp.core.traffic import lasp2_bytes, zeco_link_bytes
 from hetero_sp.model import PackedSeqs
-from hetero_sp.model.backends import local_linear_attention
+from hetero_sp.ops.backends import local_linear_attention
 from hetero_sp.parallel import SPContext, linear_strategy, make_layout
-from hetero_sp.parallel.comm import COMM, lasp2_bytes, zeco_link_bytes
 from hetero_sp.parallel.lasp2 import gather_summaries
 from hetero_sp.parallel.linear_pieces import piece_table, zeco_links
+from hetero_sp.parallel.traffic_counter import COMM
 from hetero_sp.parallel.zeco import NUM_BLOCKS, start_scan
 
 STRATEGIES = ("lasp2", "zeco")

@@ -27,9 +27,10 @@ import torch
 import torch.distributed as dist
 from harness import spawn_gloo
 
+from hetero_sp.core.traffic import allgather_kv_bytes, ulysses_bytes
 from hetero_sp.model import PackedSeqs
 from hetero_sp.parallel import SPContext, layout_kind_for, make_layout, softmax_strategy
-from hetero_sp.parallel.comm import COMM, allgather_kv_bytes, ulysses_bytes
+from hetero_sp.parallel.traffic_counter import COMM
 
 STRATEGIES = ("ulysses", "allgather_kv")
 RESULTS = Path(__file__).resolve().parent / "results" / "sp_softmax.json"

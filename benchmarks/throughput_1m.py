@@ -36,9 +36,9 @@ import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
 from hetero_sp.config import ModelConfig  # noqa: E402
+from hetero_sp.core.flops import device_peak_flops, measure_matmul_flops, training_flops  # noqa: E402
 from hetero_sp.distributed import init_distributed, shutdown_distributed  # noqa: E402
 from hetero_sp.model import HybridLM, PackedSeqs  # noqa: E402
-from hetero_sp.model.flops import device_peak_flops, measure_matmul_flops, training_flops  # noqa: E402
 from hetero_sp.model.loss import IGNORE_INDEX  # noqa: E402
 from hetero_sp.parallel import SPContext, layout_kind_for, make_layout, ulysses_supported  # noqa: E402
 

@@ -19,7 +19,7 @@ import typing
 from hetero_sp.config import SECTIONS, ConfigError, field_docs, load_config
 from hetero_sp.data.cli import add_prepare_parser
 from hetero_sp.engine.plots import add_plot_parser
-from hetero_sp.planner.cli import add_profile_parser
+from hetero_sp.profiling.cli import add_profile_parser
 
 
 def _toml_value(value) -> str:

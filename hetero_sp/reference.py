@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from hetero_sp.engine.loss import IGNORE_INDEX, token_loss_sum
-from hetero_sp.model.packed import PackedSeqs
+from hetero_sp.parallel.packed import PackedSeqs
 
 
 @dataclass

@@ -5,10 +5,10 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 
+from hetero_sp.planner.cluster import Link
 from hetero_sp.planner.cost import CostModel
 from hetero_sp.planner.memory import activation_bytes_per_token, count_params, model_state_bytes
 from hetero_sp.planner.profile import ComputeFit, Profile
-from hetero_sp.planner.topology import Link
 from tests.common import tiny_config
 
 

@@ -6,8 +6,8 @@ import pytest
 
 from hetero_sp.config import ConfigError
 from hetero_sp.engine.checkpoint import CheckpointError
-from hetero_sp.engine.errors import INPUT_ERRORS, PeerInputError, agree, share_plan_errors
-from hetero_sp.engine.planning import make_plan_fn
+from hetero_sp.engine.errors import INPUT_ERRORS, PeerInputError, agree
+from hetero_sp.engine.plan_modes import make_plan_fn
 from hetero_sp.planner.ahead import broadcast_share
 from hetero_sp.planner.plan import GroupPlan, MicroBatchPlan, Plan, PlanError, SolverStats
 from tests.distributed import run_ranks
@@ -66,7 +66,7 @@ def test_agree_keeps_a_bug_a_bug_on_the_other_ranks():
 
 
 def _share(rank, world_size, what):
-    share = share_plan_errors(broadcast_share(src=0))
+    share = broadcast_share(src=0)
     sent = {
         "plan": _plan(),
         "plan_error": PlanError("sequence 0 (8192 tokens) needs 0.20 GiB; add GPUs"),
@@ -89,28 +89,31 @@ def test_plan_error_on_the_solver_is_peer_input_on_the_others():
 def test_solver_bug_stays_a_runtime_error_on_the_others():
     got = run_ranks(_share, 2, "bug")
     assert got[0] == ("KeyError", "'groups'")
-    assert got[1] == ("RuntimeError", "the planner failed on rank 0: KeyError('groups')")
+    assert got[1] == ("RuntimeError", "rank 0 failed to plan: KeyError: 'groups'")
 
 
-def test_planner_value_errors_become_input_errors():
-    """The planner checks batches with plain ValueError; the engine's plan function reports
-    them as PlanError, which the CLI prints as one line."""
+def test_planner_input_checks_are_plan_errors():
+    """The planner raises PlanError itself for a batch it cannot take, which the CLI prints as
+    one line; a plain ValueError (an internal check) is not reported as bad input."""
     from hetero_sp.config import load_config
-    from hetero_sp.engine.planning import build_cost_model
+    from hetero_sp.engine.plan_modes import build_cost_model
 
     cfg = load_config(None, ["parallel.sp_mode=homogeneous"])
     plan_fn = make_plan_fn(cfg, build_cost_model(cfg, 2, 2, log=False))
     with pytest.raises(PlanError, match="lengths must be integers >= 1"):
         plan_fn([5, 0])
     assert issubclass(PlanError, INPUT_ERRORS) and issubclass(ConfigError, INPUT_ERRORS)
+    assert not isinstance(ValueError("an internal invariant"), INPUT_ERRORS)
 
 
-def test_cost_model_value_errors_become_config_errors():
+def test_cost_model_checks_are_user_errors():
     from hetero_sp.config import load_config
-    from hetero_sp.engine.planning import build_cost_model
+    from hetero_sp.engine.plan_modes import build_cost_model
+    from hetero_sp.planner import ClusterError
 
     cfg = load_config(None, ["planner.memory_gb=0.001"])
-    with pytest.raises(ConfigError, match="model states alone need"):
+    assert issubclass(ClusterError, INPUT_ERRORS)
+    with pytest.raises(ClusterError, match="model states alone need"):
         build_cost_model(cfg, 2, 2, log=False)
 
 

@@ -5,14 +5,14 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from hetero_sp.config import load_config
-from hetero_sp.model import PackedSeqs
-from hetero_sp.model.flops import (
+from hetero_sp.core.flops import (
     _per_token_linear_flops,
     configured_peak_flops,
     forward_flops,
     measure_matmul_flops,
     training_flops,
 )
+from hetero_sp.model import PackedSeqs
 from tests.common import tiny_config, tiny_model
 
 

@@ -79,7 +79,7 @@ VARIANTS = {
 
 
 def _memory_gb_for(tokens: int, overrides: list[str]) -> float:
-    from hetero_sp.engine.planning import build_cost_model
+    from hetero_sp.engine.plan_modes import build_cost_model
 
     cfg = load_config(None, [*BASE, *overrides])
     cost = build_cost_model(cfg, 4, 4, log=False)

@@ -19,7 +19,7 @@ from hetero_sp.config import load_config
 from hetero_sp.data.dataset import open_corpus
 from hetero_sp.data.samplers import build_sampler
 from hetero_sp.engine.dry_run import _bytes
-from hetero_sp.engine.planning import build_cost_model
+from hetero_sp.engine.plan_modes import build_cost_model
 from hetero_sp.planner.memory import model_state_bytes
 from tests.launch_common import (
     ROOT,
@@ -281,7 +281,7 @@ def test_stopped_launcher_stops_its_workers(dataset, tmp_path):
 
 
 def test_topology_line_lists_the_pool_blocks():
-    from hetero_sp.engine.topology import describe_topology
+    from hetero_sp.engine.topology_report import describe_topology
 
     line = describe_topology(12, nodes=3, per_node=4, node_size=4, sp_mode="hetero")
     assert line.startswith("12 ranks = 3 nodes x 4 processes; SP node size 4")

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kernels.linear_attn import (
+from hetero_sp.ops.linear_attn import (
     naive_linear_attn,
     naive_recurrent_linear_attn,
     torch_chunk_linear_attn,

@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kernels.linear_attn_sp import (
+from hetero_sp.ops.linear_attn_sp import (
     MAX_TRITON_HEAD_K,
     correction_bwd,
     correction_fwd,
@@ -68,7 +68,7 @@ def test_torch_correction_backward_equals_autograd(decay):
 
 @pytest.fixture
 def _poison(monkeypatch):
-    from kernels.linear_attn_sp.fused import POISON_ENV
+    from hetero_sp.ops.linear_attn_sp.fused import POISON_ENV
 
     monkeypatch.setenv(POISON_ENV, "1")
 

@@ -17,11 +17,11 @@ import torch.nn.functional as F
 
 from hetero_sp.config import ModelConfig
 from hetero_sp.model import HybridLM, PackedSeqs
-from hetero_sp.model.backends import local_linear_attention, resolve_linear_backend
+from hetero_sp.ops.backends import local_linear_attention, resolve_linear_backend
+from hetero_sp.ops.common.triton_utils import POISON_ENV, is_interpreter
+from hetero_sp.ops.linear_attn.chunk import chunk_linear_attn
+from hetero_sp.ops.linear_attn.naive import naive_linear_attn
 from hetero_sp.reference import pack_documents
-from kernels.common.triton_utils import POISON_ENV, is_interpreter
-from kernels.linear_attn.chunk import chunk_linear_attn
-from kernels.linear_attn.naive import naive_linear_attn
 from tests.common import assert_rel_close, random_docs, tiny_config
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"

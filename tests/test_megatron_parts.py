@@ -30,7 +30,7 @@ from hetero_sp.integrations.megatron import (  # noqa: E402
 )
 from hetero_sp.integrations.megatron_attention import _shard_seqs  # noqa: E402
 from hetero_sp.model.attention import LinearAttention  # noqa: E402
-from hetero_sp.model.packed import PackedSeqs  # noqa: E402
+from hetero_sp.parallel.packed import PackedSeqs  # noqa: E402
 from tests.common import assert_rel_close, tiny_config  # noqa: E402
 from tests.distributed import run_ranks  # noqa: E402
 from tests.megatron_common import (  # noqa: E402

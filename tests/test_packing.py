@@ -47,7 +47,7 @@ def test_token_count_must_match_cu_seqlens():
 
 
 def test_flash_backend_only_for_half_precision(monkeypatch):
-    from hetero_sp.model import backends
+    from hetero_sp.ops import backends
 
     cuda = torch.device("cuda")
     monkeypatch.setattr(backends, "_flash_attn_varlen", lambda: object())  # "installed"

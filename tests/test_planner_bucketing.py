@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from hetero_sp.config import ConfigError, load_config
-from hetero_sp.engine.planning import make_plan_fn
-from hetero_sp.planner import Planner, PlannerOptions, plan_batch
+from hetero_sp.engine.plan_modes import make_plan_fn
+from hetero_sp.planner import Planner, PlannerConfig, plan_batch
 from hetero_sp.planner.bucketing import bucket_lengths
 from hetero_sp.planner.simulate import DISTRIBUTIONS, sample_lengths
 from tests.planner_common import synthetic_cost
@@ -63,7 +63,7 @@ def test_bad_bucketing_arguments(kwargs, match):
 def test_the_plan_reports_the_token_error_it_planned_with():
     cost = synthetic_cost(8, tokens_per_gpu=200_000)
     lengths = _long_tailed(400, 1)
-    fast = PlannerOptions(time_limit_s=0.3, min_time_limit_s=0.05)
+    fast = PlannerConfig(time_limit_s=0.3, min_time_limit_s=0.05)
     for target in (0.0, 0.05, 0.02):
         options = dataclasses.replace(fast, max_bucket_error=target)
         plan = plan_batch(lengths, cost, options)
@@ -79,17 +79,36 @@ def test_the_plan_reports_the_token_error_it_planned_with():
 
 
 def test_bad_options_and_config_are_refused():
-    with pytest.raises(ValueError, match=r"max_bucket_error must be in \[0, 1\), got 1.5"):
-        PlannerOptions(max_bucket_error=1.5)
+    # One dataclass: built in Python or from TOML, the same check and the same message.
+    with pytest.raises(ConfigError, match=r"planner\.max_bucket_error: must be in \[0, 1\)"):
+        PlannerConfig(max_bucket_error=1.5)
     with pytest.raises(ConfigError, match=r"planner\.max_bucket_error: must be in \[0, 1\)"):
         load_config(None, ["planner.max_bucket_error=1.5"])
+    with pytest.raises(ConfigError, match=r"planner\.solver: got 'scip'; allowed values: auto"):
+        load_config(None, ["planner.solver=scip"])
+
+
+def test_every_solver_option_is_settable_from_toml():
+    keys = {
+        "rel_gap": 0.01,
+        "explicit_slots": 4,
+        "improve_rounds": 7,
+        "solver": "cbc",
+        "threads": 2,
+        "min_time_limit_s": 0.2,
+    }
+    cfg = load_config(None, [f"planner.{k}={v!r}".replace("'", '"') for k, v in keys.items()])
+    planner = make_plan_fn(cfg, synthetic_cost(4, 1000))
+    assert planner.options is cfg.planner
+    for key, value in keys.items():
+        assert getattr(planner.options, key) == value, key
 
 
 def test_the_config_value_reaches_the_planner():
     cfg = load_config(None, ["planner.max_bucket_error=0.125"])
     plan_fn = make_plan_fn(cfg, synthetic_cost(4, 1000))
-    planner = plan_fn.args[0]  # the Planner inside the error-translating wrapper
+    planner = plan_fn  # the hetero mode's plan function is the Planner itself
     assert isinstance(planner, Planner)
-    assert pickle.loads(pickle.dumps(plan_fn)).args[0].options == planner.options
+    assert pickle.loads(pickle.dumps(plan_fn)).options == planner.options
     assert planner.options.max_bucket_error == 0.125
     assert planner.options.bucket_cap == 4 * cfg.planner.num_buckets

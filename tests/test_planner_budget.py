@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 
-from hetero_sp.planner import PlannerOptions, assign, microbatch, plan_batch, validate_plan
+from hetero_sp.planner import PlannerConfig, assign, plan_batch, solve_microbatch, validate_plan
 from tests.planner_common import synthetic_cost
 
 LIMIT, FLOOR = 0.2, 0.05
@@ -25,15 +25,15 @@ def _many_micro_batches():
 
 def test_milp_rounds_end_by_the_step_deadline(monkeypatch):
     calls = []
-    solve = microbatch.solve_milp
+    solve = solve_microbatch.solve_milp
 
     def recording(*args, time_limit_s, **kwargs):
         calls.append((time.perf_counter(), time_limit_s))
         return solve(*args, time_limit_s=time_limit_s, **kwargs)
 
-    monkeypatch.setattr(microbatch, "solve_milp", recording)
+    monkeypatch.setattr(solve_microbatch, "solve_milp", recording)
     cost, lengths = _many_micro_batches()
-    options = PlannerOptions(time_limit_s=LIMIT, min_time_limit_s=FLOOR, rel_gap=0.0)
+    options = PlannerConfig(time_limit_s=LIMIT, min_time_limit_s=FLOOR, rel_gap=0.0)
     start = time.perf_counter()
     plan = plan_batch(lengths, cost, options)
     validate_plan(plan, cost)
@@ -51,7 +51,7 @@ def test_milp_rounds_end_by_the_step_deadline(monkeypatch):
 
 def test_a_step_finishes_near_its_time_limit():
     cost, lengths = _many_micro_batches()
-    options = PlannerOptions(time_limit_s=LIMIT, min_time_limit_s=FLOOR, rel_gap=0.0)
+    options = PlannerConfig(time_limit_s=LIMIT, min_time_limit_s=FLOOR, rel_gap=0.0)
     start = time.perf_counter()
     plan_batch(lengths, cost, options)
     wall = time.perf_counter() - start

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from hetero_sp.parallel.comm import allgather_kv_bytes, lasp2_bytes, ulysses_bytes
+from hetero_sp.core.traffic import allgather_kv_bytes, lasp2_bytes, ulysses_bytes
 from hetero_sp.planner.bucketing import bucket_lengths
+from hetero_sp.planner.cluster import Link, Topology
 from hetero_sp.planner.cost import CostModel, ulysses_allowed
 from hetero_sp.planner.estimate import h100_estimate
 from hetero_sp.planner.memory import activation_bytes_per_token, count_params, model_state_bytes
 from hetero_sp.planner.profile import Profile, load_profile, save_profile
-from hetero_sp.planner.topology import Link, Topology
 from tests.common import tiny_config, tiny_model
 from tests.planner_common import synthetic_cost, synthetic_profile
 

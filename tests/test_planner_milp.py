@@ -12,20 +12,20 @@ import pytest
 
 from hetero_sp.planner import (
     CostModel,
-    PlannerOptions,
+    PlannerConfig,
     assign,
-    microbatch,
     plan_batch,
+    solve_microbatch,
     validate_plan,
 )
 from hetero_sp.planner.estimate import h100_estimate
-from hetero_sp.planner.microbatch import StepBudget
 from hetero_sp.planner.milp import make_solver, solve_milp
 from hetero_sp.planner.plan import relative_gap
 from hetero_sp.planner.simulate import DISTRIBUTIONS, sample_lengths
+from hetero_sp.planner.solve_microbatch import StepBudget
 from tests.planner_common import brute_force, synthetic_cost
 
-EXACT = PlannerOptions(
+EXACT = PlannerConfig(
     num_buckets=64, explicit_slots=64, rel_gap=0.0, time_limit_s=30.0, min_time_limit_s=30.0
 )
 # A tiny batch whose optimum mixes group sizes (slow links, 1692 tokens need two GPUs), so the
@@ -48,7 +48,7 @@ def _web_batch_on_64_gpus():
 # gets exactly that (StepBudget's sharing is tested in test_planner_budget.py): on a loaded
 # machine the step's own deadline could pass before a round starts.
 ROUND_S = 0.5
-CUT_OFF = PlannerOptions(time_limit_s=0.2, min_time_limit_s=0.05, rel_gap=0.0)
+CUT_OFF = PlannerConfig(time_limit_s=0.2, min_time_limit_s=0.05, rel_gap=0.0)
 
 
 def test_a_time_limited_solve_keeps_a_valid_plan_and_a_sound_bound(monkeypatch):
@@ -84,7 +84,7 @@ def test_a_round_cut_before_its_bound_keeps_the_first_rounds(monkeypatch):
         calls.append((explicit_slots, result))
         return result
 
-    monkeypatch.setattr(microbatch, "solve_milp", solve)
+    monkeypatch.setattr(solve_microbatch, "solve_milp", solve)
     monkeypatch.setattr(StepBudget, "milp_limit", lambda self, fraction: ROUND_S)
     lengths, cost = _web_batch_on_64_gpus()
     plan = plan_batch(lengths, cost, CUT_OFF)

@@ -6,11 +6,11 @@ import dataclasses
 
 import pytest
 
-from hetero_sp.planner import Plan, PlanError, PlannerOptions, plan_batch, validate_plan
+from hetero_sp.planner import Plan, PlanError, PlannerConfig, plan_batch, validate_plan
 from hetero_sp.planner.plan import GroupPlan
 from tests.planner_common import synthetic_cost
 
-FAST = PlannerOptions(time_limit_s=0.3, min_time_limit_s=0.05)
+FAST = PlannerConfig(time_limit_s=0.3, min_time_limit_s=0.05)
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import pytest
 
 from hetero_sp.cli import main
 from hetero_sp.planner.profile import load_profile
-from hetero_sp.planner.profiler import (
+from hetero_sp.profiling.profiler import (
     fit_compute,
     fit_link,
     group_sizes,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hetero_sp.planner import PlannerOptions, plan_batch, validate_plan
+from hetero_sp.planner import PlannerConfig, plan_batch, validate_plan
 from hetero_sp.planner.gantt import draw_gantt
 from hetero_sp.planner.simulate import (
     DISTRIBUTIONS,
@@ -40,7 +40,7 @@ def test_homogeneous_baselines_are_valid_plans():
 def test_bounds_and_gantt(tmp_path):
     cost = synthetic_cost(8, tokens_per_gpu=1000)
     lengths = [3000, 1200, 800] + [100] * 30
-    plan = plan_batch(lengths, cost, PlannerOptions(time_limit_s=0.3, min_time_limit_s=0.05))
+    plan = plan_batch(lengths, cost, PlannerConfig(time_limit_s=0.3, min_time_limit_s=0.05))
     assert plan.predicted_step_s >= step_lower_bound(lengths, cost) * (1 - 1e-9)
     # Four distinct lengths in at most 16 buckets: every bucket holds one length, so the MILP
     # prices sequences exactly and its proven bound is a bound on any plan of this split (up

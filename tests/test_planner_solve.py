@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hetero_sp.planner import PlannerOptions, plan_batch, validate_plan
+from hetero_sp.planner import PlannerConfig, plan_batch, validate_plan
 from hetero_sp.planner.cost import CostModel
 from hetero_sp.planner.simulate import homogeneous_plan
 from hetero_sp.planner.solve import split_micro_batches
@@ -19,10 +19,10 @@ from tests.planner_common import brute_force, synthetic_cost, synthetic_profile
 
 # Exact settings: one MILP slot per possible group (no aggregated classes), one bucket per
 # distinct length, no early stop on the gap, and time enough to prove optimality.
-EXACT = PlannerOptions(
+EXACT = PlannerConfig(
     num_buckets=64, explicit_slots=64, rel_gap=0.0, time_limit_s=30.0, min_time_limit_s=30.0
 )
-FAST = PlannerOptions(time_limit_s=0.3, min_time_limit_s=0.05)
+FAST = PlannerConfig(time_limit_s=0.3, min_time_limit_s=0.05)
 
 
 def _instances():
@@ -158,7 +158,7 @@ def test_same_batch_same_plan():
     cost = synthetic_cost(8, tokens_per_gpu=1500)
     rng = np.random.default_rng(3)
     lengths = [int(x) for x in rng.integers(10, 3000, 40)]
-    options = PlannerOptions(time_limit_s=30.0, min_time_limit_s=30.0)  # finishes, no cut-off
+    options = PlannerConfig(time_limit_s=30.0, min_time_limit_s=30.0)  # finishes, no cut-off
     first, second = plan_batch(lengths, cost, options), plan_batch(lengths, cost, options)
     assert json.dumps(_without_timings(first)) == json.dumps(_without_timings(second))
 
@@ -198,14 +198,19 @@ def test_a_group_size_the_profile_lacks_is_refused():
     "kwargs,match",
     [
         (dict(num_buckets=0), "num_buckets"),
-        (dict(time_limit_s=0.01, min_time_limit_s=0.05), "min_time_limit_s"),
+        (dict(min_time_limit_s=0.0), "min_time_limit_s"),
         (dict(rel_gap=1.5), "rel_gap"),
-        (dict(solver="gurobi"), "solver 'gurobi' is unknown"),
+        (dict(solver="gurobi"), "solver: got 'gurobi'; allowed values: auto, highs, cbc"),
     ],
 )
 def test_bad_options_raise(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        PlannerOptions(**kwargs)
+        PlannerConfig(**kwargs)
+
+
+def test_round_floor_never_exceeds_the_step_budget():
+    assert PlannerConfig(time_limit_s=0.01, min_time_limit_s=0.05).round_floor_s == 0.01
+    assert PlannerConfig(time_limit_s=1.0, min_time_limit_s=0.05).round_floor_s == 0.05
 
 
 @pytest.mark.parametrize("solver", ["highs", "cbc"])

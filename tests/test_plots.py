@@ -8,7 +8,7 @@ import torch
 from hetero_sp.cli import main as cli_main
 from hetero_sp.config import load_config
 from hetero_sp.engine.metrics import MetricsWriter, append_plan
-from hetero_sp.engine.planning import build_cost_model, make_plan_fn
+from hetero_sp.engine.plan_modes import build_cost_model, make_plan_fn
 from hetero_sp.engine.step import group_times
 
 PNG = b"\x89PNG\r\n\x1a\n"

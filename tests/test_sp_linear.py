@@ -23,12 +23,13 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from hetero_sp.core.traffic import lasp2_bytes, zeco_bytes, zeco_link_bytes
 from hetero_sp.model import PackedSeqs
-from hetero_sp.model.backends import local_linear_attention
+from hetero_sp.ops.backends import local_linear_attention
 from hetero_sp.parallel import SPContext, linear_strategy, make_layout
-from hetero_sp.parallel.comm import COMM, lasp2_bytes, zeco_bytes, zeco_link_bytes
 from hetero_sp.parallel.lasp2 import states_from_local_call
 from hetero_sp.parallel.linear_pieces import piece_table, zeco_links
+from hetero_sp.parallel.traffic_counter import COMM
 from tests.common import assert_rel_close
 from tests.distributed import run_ranks
 
@@ -169,7 +170,7 @@ TRITON_CASES = {2: ("boundary", "short"), 3: ("interior", "several"), 4: ("cross
 @pytest.mark.parametrize("strategy", ["lasp2", "zeco"])
 @pytest.mark.parametrize("size", [2, 3, 4])
 def test_strategy_triton_backend_equals_single_process(strategy, size):
-    pytest.importorskip("kernels.linear_attn.chunk")
+    pytest.importorskip("hetero_sp.ops.linear_attn.chunk")
     if not (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"):
         pytest.skip("Triton kernels need CUDA or TRITON_INTERPRET=1 (set by tests/conftest.py)")
     results = run_ranks(_run_cases, size, strategy, "triton", TRITON_CASES[size], LAYOUTS)

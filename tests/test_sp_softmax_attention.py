@@ -13,10 +13,10 @@ import pytest
 import torch
 import torch.distributed as dist
 
+from hetero_sp.core.heads import ulysses_kv_ranges
 from hetero_sp.model import PackedSeqs
-from hetero_sp.model.backends import varlen_softmax_attention
+from hetero_sp.ops.backends import varlen_softmax_attention
 from hetero_sp.parallel import SPContext, make_layout, softmax_strategy
-from hetero_sp.parallel.heads import ulysses_kv_ranges
 from tests.distributed import run_ranks
 
 E = 8

@@ -7,9 +7,10 @@ import pytest
 import torch
 import torch.distributed as dist
 
+from hetero_sp.core.traffic import CommBytes, allgather_kv_bytes, ulysses_bytes
 from hetero_sp.model import PackedSeqs
 from hetero_sp.parallel import SPContext, UnsupportedGroupSize, make_layout, softmax_strategy
-from hetero_sp.parallel.comm import COMM, CommBytes, allgather_kv_bytes, ulysses_bytes
+from hetero_sp.parallel.traffic_counter import COMM
 from tests.distributed import run_ranks
 
 LENGTHS = [37, 5, 1, 20]

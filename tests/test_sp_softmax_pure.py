@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from hetero_sp.core.heads import check_ulysses_heads, ulysses_kv_of_q, ulysses_kv_ranges
+from hetero_sp.core.traffic import CommBytes, ulysses_bytes
 from hetero_sp.model import PackedSeqs
 from hetero_sp.parallel import (
     SPContext,
@@ -20,8 +22,6 @@ from hetero_sp.parallel import (
     make_layout,
     ulysses_supported,
 )
-from hetero_sp.parallel.comm import CommBytes, ulysses_bytes
-from hetero_sp.parallel.heads import check_ulysses_heads, ulysses_kv_of_q, ulysses_kv_ranges
 from hetero_sp.reference import pack_documents
 from tests.common import random_docs, tiny_model
 

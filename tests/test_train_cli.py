@@ -11,10 +11,10 @@ import pytest
 
 from hetero_sp.cli import main as cli_main
 from hetero_sp.config import load_config
+from hetero_sp.core.flops import training_flops
 from hetero_sp.engine import checkpoint as ckpt_io
 from hetero_sp.engine.metrics import read_metrics
 from hetero_sp.engine.plots import plot_run
-from hetero_sp.model.flops import training_flops
 
 ROOT = Path(__file__).resolve().parent.parent
 METRIC_KEYS = (

@@ -12,12 +12,13 @@ from pathlib import Path
 import numpy as np
 
 from hetero_sp.config import ConfigError, DataConfig
+from hetero_sp.core.errors import UserError
 from hetero_sp.data.corpus import Corpus
 from hetero_sp.data.prepare import FORMAT, VERSION
 from hetero_sp.data.tokenizer import load_tokenizer
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError):
     """A folder that is not a complete prepared dataset."""
 
 

@@ -16,11 +16,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from hetero_sp.config import ConfigError
+
 
 def log2_exact(value: int, what: str) -> int:
     """log2 of a power of two; ValueError naming ``what`` otherwise."""
     if value < 1 or value & (value - 1):
-        raise ValueError(f"{what} must be a power of two (64, 128, ..., 8192), got {value}")
+        raise ConfigError(f"{what} must be a power of two (64, 128, ..., 8192), got {value}")
     return value.bit_length() - 1
 
 
@@ -65,7 +67,7 @@ def decompose(lengths: np.ndarray, min_seq_len: int, max_seq_len: int) -> Decomp
     lo = log2_exact(min_seq_len, "the shortest bucket (data.min_seq_len)")
     hi = log2_exact(max_seq_len, "the longest bucket (data.max_seq_len)")
     if lo > hi:
-        raise ValueError(f"min_seq_len={min_seq_len} must not exceed max_seq_len={max_seq_len}")
+        raise ConfigError(f"min_seq_len={min_seq_len} must not exceed max_seq_len={max_seq_len}")
     n = np.maximum(np.asarray(lengths, dtype=np.int64) - 1, 0)
     full, rest = n >> hi, n & ((1 << hi) - 1)
 

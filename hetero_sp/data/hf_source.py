@@ -10,6 +10,7 @@ import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 
+from hetero_sp.core.errors import UserError
 from hetero_sp.data.sources import (
     MISSING,
     UNREADABLE,
@@ -23,7 +24,7 @@ from hetero_sp.data.sources import (
 _SLICE_ROWS = 1024
 
 
-class SplitError(ValueError):
+class SplitError(UserError):
     """A dataset folder with several splits and no (or an unknown) --split."""
 
 

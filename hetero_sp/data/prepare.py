@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from hetero_sp.core.errors import UserError
 from hetero_sp.data.sources import CORRUPT, EMPTY, TOO_SHORT, Source
 from hetero_sp.data.tokenizer import ByteTokenizer, HFTokenizer, token_dtype
 
@@ -38,7 +39,7 @@ MAX_EXAMPLES = 20
 """Skipped records listed in the manifest per reason (all are counted)."""
 
 
-class PrepareError(ValueError):
+class PrepareError(UserError):
     """An input problem under ``--on-error stop``, or an output folder that cannot be used."""
 
 

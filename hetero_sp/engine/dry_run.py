@@ -15,10 +15,11 @@ import sys
 from typing import TextIO
 
 from hetero_sp.config import Config, ConfigError
+from hetero_sp.core.errors import UserError
 from hetero_sp.data.dataset import open_corpus
 from hetero_sp.data.samplers import build_sampler
-from hetero_sp.engine.planning import build_cost_model, make_plan_fn
-from hetero_sp.engine.topology import describe_topology, node_size_for, torchrun_nodes
+from hetero_sp.engine.plan_modes import build_cost_model, make_plan_fn
+from hetero_sp.engine.topology_report import describe_topology, node_size_for, torchrun_nodes
 from hetero_sp.planner.cost import CostModel
 from hetero_sp.planner.memory import model_state_bytes
 from hetero_sp.planner.plan import Plan, validate_plan
@@ -164,7 +165,7 @@ def dry_run(
         sampler = build_sampler(cfg.data, corpus)
         cost = build_cost_model(cfg, world, node_size)
         plan_fn = make_plan_fn(cfg, cost)
-    except ValueError as err:  # ConfigError, DatasetError and the cost model's own checks
+    except UserError as err:  # ConfigError, DatasetError, the profile's and cluster's checks
         print(f"error: {err}", file=sys.stderr)
         return EXIT_CONFIG
     print(f"dry run (no DeepSpeed, no training): planning for {world} ranks", file=out)
@@ -176,7 +177,7 @@ def dry_run(
         try:
             plan = plan_fn(lengths)
             validate_plan(plan, cost)
-        except ValueError as err:  # PlanError and the planner's memory checks
+        except UserError as err:  # PlanError: a batch no plan fits
             print(f"error: step {step + 1} cannot be planned: {err}", file=sys.stderr)
             return EXIT_PLAN
         plans.append(plan)

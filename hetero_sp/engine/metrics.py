@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 
 from hetero_sp.config import TrainConfig
-from hetero_sp.model.flops import configured_peak_flops, measure_matmul_flops
+from hetero_sp.core.flops import configured_peak_flops, measure_matmul_flops
 
 
 def peak_memory_bytes(device: torch.device) -> int:

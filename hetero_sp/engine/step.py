@@ -18,7 +18,7 @@ import torch
 
 from hetero_sp.data.batch import GlobalBatch
 from hetero_sp.engine.loss import backward_scale
-from hetero_sp.engine.microbatch import GroupWork, rank_microbatch
+from hetero_sp.engine.rank_batch import GroupWork, rank_microbatch
 from hetero_sp.parallel import GroupLayout, SPContext
 from hetero_sp.planner.plan import Plan
 

@@ -13,17 +13,18 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from hetero_sp.config import Config, ConfigError
+from hetero_sp.core.flops import training_flops
 from hetero_sp.data.dataset import open_corpus
 from hetero_sp.data.samplers import build_sampler
 from hetero_sp.distributed import DistInfo
 from hetero_sp.engine import checkpoint as ckpt_io
 from hetero_sp.engine import deepspeed_engine
-from hetero_sp.engine.errors import agree, share_plan_errors
+from hetero_sp.engine.errors import agree
 from hetero_sp.engine.faults import maybe_fail
 from hetero_sp.engine.metrics import MetricsWriter, append_plan, peak_memory_bytes, run_peak_flops
-from hetero_sp.engine.planning import build_cost_model, make_plan_fn
+from hetero_sp.engine.plan_modes import build_cost_model, make_plan_fn
 from hetero_sp.engine.step import group_times, imbalance, run_step
-from hetero_sp.engine.topology import (
+from hetero_sp.engine.topology_report import (
     describe_topology,
     node_size_for,
     pool_node_size,
@@ -31,11 +32,10 @@ from hetero_sp.engine.topology import (
 )
 from hetero_sp.log import get_logger
 from hetero_sp.model import HybridLM
-from hetero_sp.model.backends import resolve_linear_backend, resolve_softmax_backend
-from hetero_sp.model.flops import training_flops
+from hetero_sp.ops.backends import resolve_linear_backend, resolve_softmax_backend
 from hetero_sp.parallel import SPContext
-from hetero_sp.parallel.comm import COMM
 from hetero_sp.parallel.groups import build_group_pool
+from hetero_sp.parallel.traffic_counter import COMM
 from hetero_sp.planner.ahead import PlanAhead, broadcast_share
 
 logger = get_logger(__name__)
@@ -50,11 +50,9 @@ class Trainer:
 
         # The parallel setup first: it checks the config against the world (group sizes, the
         # profile) in seconds, before the data, the model and DeepSpeed take minutes.
-        try:  # resolved at the first forward otherwise, long after DeepSpeed started
-            resolve_softmax_backend(cfg.parallel.softmax_backend, info.device)
-            resolve_linear_backend(cfg.parallel.linear_backend, info.device)
-        except ValueError as err:
-            raise ConfigError(str(err)) from err
+        # Resolved at the first forward otherwise, long after DeepSpeed started.
+        resolve_softmax_backend(cfg.parallel.softmax_backend, info.device)
+        resolve_linear_backend(cfg.parallel.linear_backend, info.device)
         self._cpu_group = dist.new_group(backend="gloo") if info.backend != "gloo" else None
         self._setup_parallel()
         self.corpus = self._open_corpus()
@@ -112,12 +110,7 @@ class Trainer:
         return corpus
 
     def _build_sampler(self):
-        try:
-            return build_sampler(self.cfg.data, self.corpus)
-        except ConfigError:
-            raise
-        except ValueError as err:  # the samplers' checks of [data] against the dataset
-            raise ConfigError(str(err)) from err
+        return build_sampler(self.cfg.data, self.corpus)  # ConfigError: [data] vs the dataset
 
     def _find_checkpoint(self) -> ckpt_io.LoadedCheckpoint | None:
         """Rank 0 picks the newest good checkpoint; every rank then loads that one."""
@@ -156,7 +149,7 @@ class Trainer:
         self.ahead = PlanAhead(
             plan_fn,
             is_solver=self.is_main,
-            share=share_plan_errors(broadcast_share(group=self._cpu_group, src=0)),
+            share=broadcast_share(group=self._cpu_group, src=0),
             worker=cfg.planner.ahead_worker,
         )
         if self.is_main:

@@ -27,10 +27,10 @@ from megatron.core.transformer.module import MegatronModule
 
 from hetero_sp.integrations.megatron_compat import group_of
 from hetero_sp.integrations.megatron_layout import cp_packed_seqs
-from hetero_sp.model.backends import local_linear_attention, varlen_softmax_attention
 from hetero_sp.model.layers import RMSNorm
-from hetero_sp.model.packed import PackedSeqs
+from hetero_sp.ops.backends import local_linear_attention, varlen_softmax_attention
 from hetero_sp.parallel import linear_strategy, softmax_strategy
+from hetero_sp.parallel.packed import PackedSeqs
 
 CAUSAL_MASKS = (AttnMaskType.causal, AttnMaskType.padding_causal)
 

@@ -26,8 +26,8 @@ from collections.abc import Sequence
 import torch
 import torch.distributed as dist
 
-from hetero_sp.model.packed import PackedSeqs
 from hetero_sp.parallel import GroupLayout, SPContext, make_layout
+from hetero_sp.parallel.packed import PackedSeqs
 
 ZIGZAG_DOCS = "zigzag_docs"
 """Layout kind of several documents each split head-tail over the ranks (Megatron's THD CP)."""

@@ -1,6 +1,6 @@
 """The hybrid linear/softmax attention decoder and its packed-sequence metadata."""
 
-from hetero_sp.model.packed import PackedSeqs
 from hetero_sp.model.transformer import HybridLM
+from hetero_sp.parallel.packed import PackedSeqs
 
 __all__ = ["HybridLM", "PackedSeqs"]

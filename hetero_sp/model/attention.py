@@ -13,10 +13,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from hetero_sp.config import ModelConfig
-from hetero_sp.model.backends import local_linear_attention, varlen_softmax_attention
 from hetero_sp.model.layers import RMSNorm, apply_rope
-from hetero_sp.model.packed import PackedSeqs
+from hetero_sp.ops.backends import local_linear_attention, varlen_softmax_attention
 from hetero_sp.parallel import linear_strategy, softmax_strategy
+from hetero_sp.parallel.packed import PackedSeqs
 
 
 def _runs_alone(seqs: PackedSeqs) -> bool:

@@ -16,7 +16,7 @@ from hetero_sp.config import ModelConfig
 from hetero_sp.model.attention import LinearAttention, SoftmaxAttention
 from hetero_sp.model.layers import RMSNorm, SwiGLU, rope_cos_sin
 from hetero_sp.model.loss import token_loss_sum
-from hetero_sp.model.packed import PackedSeqs
+from hetero_sp.parallel.packed import PackedSeqs
 
 LOSS_SLICE = 16384
 """Tokens whose logits exist at once when the model computes the loss itself."""

@@ -24,13 +24,13 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from hetero_sp.model.backends import varlen_softmax_attention
+from hetero_sp.ops.backends import varlen_softmax_attention
 from hetero_sp.parallel.collectives import all_gather, check_group, reduce_scatter
 from hetero_sp.parallel.context import SPContext
 from hetero_sp.parallel.sharding import GroupLayout
 
 if TYPE_CHECKING:
-    from hetero_sp.model.packed import PackedSeqs
+    from hetero_sp.parallel.packed import PackedSeqs
 
 STRATEGY = "allgather_kv"
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from hetero_sp.parallel.comm import COMM
 from hetero_sp.parallel.context import SPContext
+from hetero_sp.parallel.traffic_counter import COMM
 
 # torch 2.13 renamed the equal-split collectives; older releases only have the first names.
 _all_gather_single = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor

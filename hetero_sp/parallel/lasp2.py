@@ -29,13 +29,13 @@ from typing import TYPE_CHECKING
 import torch
 import torch.distributed as dist
 
-from hetero_sp.parallel.comm import COMM
+from hetero_sp.ops.linear_attn_sp import state_scan
 from hetero_sp.parallel.linear_local import LocalWork
 from hetero_sp.parallel.linear_pieces import PieceTable, check_linear_inputs, piece_table
-from kernels.linear_attn_sp import state_scan
+from hetero_sp.parallel.traffic_counter import COMM
 
 if TYPE_CHECKING:
-    from hetero_sp.model.packed import PackedSeqs
+    from hetero_sp.parallel.packed import PackedSeqs
 
 # torch 2.13 renamed all_gather_into_tensor (deprecated there); older releases lack the new name.
 _all_gather_into_tensor = getattr(dist, "all_gather_single", dist.all_gather_into_tensor)

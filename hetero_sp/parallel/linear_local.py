@@ -28,9 +28,9 @@ import contextlib
 
 import torch
 
-from hetero_sp.model.backends import local_linear_attention, resolve_linear_backend
+from hetero_sp.ops.backends import local_linear_attention, resolve_linear_backend
+from hetero_sp.ops.linear_attn_sp import MAX_TRITON_HEAD_K, correction_bwd, correction_fwd
 from hetero_sp.parallel.linear_pieces import PieceTable
-from kernels.linear_attn_sp import MAX_TRITON_HEAD_K, correction_bwd, correction_fwd
 
 
 def _reverse_cumsum(x_LH: torch.Tensor) -> torch.Tensor:

@@ -26,7 +26,7 @@ import torch
 from hetero_sp.parallel.sharding import GroupLayout
 
 if TYPE_CHECKING:
-    from hetero_sp.model.packed import PackedSeqs
+    from hetero_sp.parallel.packed import PackedSeqs
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,9 @@ from dataclasses import dataclass
 
 import torch
 
-LAYOUTS = ("contiguous", "zigzag")
+from hetero_sp.core.names import Layout, values
+
+LAYOUTS = values(Layout)
 
 
 @dataclass(frozen=True)

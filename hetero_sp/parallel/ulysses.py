@@ -22,19 +22,19 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from hetero_sp.model.backends import varlen_softmax_attention
-from hetero_sp.parallel.collectives import all_to_all, check_group
-from hetero_sp.parallel.context import SPContext
-from hetero_sp.parallel.heads import (
+from hetero_sp.core.heads import (
     check_ulysses_heads,
     ulysses_kv_of_q,
     ulysses_kv_ranges,
     ulysses_q_ranges,
 )
+from hetero_sp.ops.backends import varlen_softmax_attention
+from hetero_sp.parallel.collectives import all_to_all, check_group
+from hetero_sp.parallel.context import SPContext
 from hetero_sp.parallel.sharding import GroupLayout
 
 if TYPE_CHECKING:
-    from hetero_sp.model.packed import PackedSeqs
+    from hetero_sp.parallel.packed import PackedSeqs
 
 STRATEGY = "ulysses"
 

@@ -26,12 +26,12 @@ from typing import TYPE_CHECKING
 import torch
 import torch.distributed as dist
 
-from hetero_sp.parallel.comm import COMM
 from hetero_sp.parallel.linear_local import LocalWork
 from hetero_sp.parallel.linear_pieces import PieceTable, check_linear_inputs, piece_table
+from hetero_sp.parallel.traffic_counter import COMM
 
 if TYPE_CHECKING:
-    from hetero_sp.model.packed import PackedSeqs
+    from hetero_sp.parallel.packed import PackedSeqs
 
 NUM_BLOCKS = 4
 """Default number of K blocks a state is pipelined in (capped at K)."""

@@ -18,16 +18,18 @@ _EXPORTS = {
     "GroupPlan": "plan",
     "MicroBatchPlan": "plan",
     "Plan": "plan",
-    "PlanError": "plan",
+    "PlanError": "errors",
+    "ProfileError": "errors",
+    "ClusterError": "errors",
     "validate_plan": "plan",
     "Profile": "profile",
     "load_profile": "profile",
     "save_profile": "profile",
     "Planner": "solve",
-    "PlannerOptions": "options",
+    "PlannerConfig": "hetero_sp.config",
     "plan_batch": "solve",
-    "Link": "topology",
-    "Topology": "topology",
+    "Link": "cluster",
+    "Topology": "cluster",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -36,4 +38,7 @@ __all__ = sorted(_EXPORTS)
 def __getattr__(name: str):
     if name not in _EXPORTS:
         raise AttributeError(f"module 'hetero_sp.planner' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"hetero_sp.planner.{_EXPORTS[name]}"), name)
+    module = _EXPORTS[name]
+    if "." not in module:
+        module = f"hetero_sp.planner.{module}"
+    return getattr(importlib.import_module(module), name)

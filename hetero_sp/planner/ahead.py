@@ -40,6 +40,8 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
+from hetero_sp.core.errors import error_record, peer_error
+from hetero_sp.core.names import AheadWorker, values
 from hetero_sp.planner.plan import Plan
 
 
@@ -54,7 +56,7 @@ class AheadTiming:
     wait_s: float
 
 
-WORKERS = ("thread", "process")
+WORKERS = values(AheadWorker)
 
 _INSTALLED: Callable[[Sequence[int]], Plan] | None = None
 """The solve function of a worker process, installed once when it starts."""
@@ -208,13 +210,13 @@ def broadcast_share(group=None, src: int = 0) -> Callable[[Plan | BaseException 
         if isinstance(plan, Plan):
             box = [("plan", plan.to_json())]
         else:
-            box = [("error", repr(plan))]
+            box = [("error", error_record(plan))]
         dist.broadcast_object_list(box, src=src, group=group)
         kind, payload = box[0]
         if kind == "error":
             if isinstance(plan, BaseException):
                 raise plan  # the solving rank: its own error, unchanged
-            raise RuntimeError(f"the planner failed on rank {src}: {payload}")
+            raise peer_error(src, payload, what="failed to plan")
         return Plan.from_json(payload)
 
     return share

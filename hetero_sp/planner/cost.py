@@ -6,7 +6,7 @@ A group of size d running documents of lengths s_i (one packed stream) takes
 
 - compute: every block's profiled ``a2 s^2 + a1 s`` divided by d (Ulysses splits heads, the
   all-gather K/V head-tail layout and linear attention split tokens evenly);
-- communication per token: the softmax strategy's bytes from ``hetero_sp.parallel.comm`` over
+- communication per token: the softmax strategy's bytes from ``hetero_sp.core.traffic`` over
   the group's collective bandwidth, for every S layer;
 - fixed(d): per-block launch overheads, collective latencies, and the linear-attention state
   exchange (LASP-2 all-gather or ZeCO chain), which does not depend on the stream length, plus
@@ -29,22 +29,19 @@ from dataclasses import dataclass
 import numpy as np
 
 from hetero_sp.config import ModelConfig
-from hetero_sp.parallel.comm import (
-    allgather_kv_bytes,
-    lasp2_bytes,
-    ulysses_bytes,
-    zeco_bytes,
-)
+from hetero_sp.core.names import LinearSP, SoftmaxSP, values
+from hetero_sp.core.traffic import allgather_kv_bytes, lasp2_bytes, ulysses_bytes, zeco_bytes
+from hetero_sp.planner.cluster import Link, Topology
+from hetero_sp.planner.errors import ClusterError, PlanError, ProfileError
 from hetero_sp.planner.memory import (
     activation_bytes_per_token,
     count_params,
     model_state_bytes,
 )
 from hetero_sp.planner.profile import Profile
-from hetero_sp.planner.topology import Link, Topology
 
-SOFTMAX_STRATEGIES = ("ulysses", "allgather_kv")
-LINEAR_STRATEGIES = ("lasp2", "zeco")
+SOFTMAX_STRATEGIES = values(SoftmaxSP)
+LINEAR_STRATEGIES = values(LinearSP)
 GiB = 2**30
 _REF_TOKENS = 1 << 20  # per-rank tokens at which per-token byte counts are taken (exact division)
 _ULYSSES_CALLS = 4  # all-to-alls per S layer: q/k/v in and o out, forward and backward
@@ -99,7 +96,7 @@ class CostModel:
         self.model = model or profile.model
         for key in ("dim", "num_heads", "num_kv_heads", "ffn_dim", "vocab_size"):
             if getattr(self.model, key) != getattr(profile.model, key):
-                raise ValueError(
+                raise ProfileError(
                     f"the profile {profile.label!r} was measured with model.{key}="
                     f"{getattr(profile.model, key)}, the model has {getattr(self.model, key)}; "
                     "re-run `hetero-sp profile` with this model"
@@ -110,9 +107,9 @@ class CostModel:
         ):
             bad = [s for s in allowed if s not in known]
             if bad or not allowed:
-                raise ValueError(f"{name} strategies {list(allowed)}: pick from {known}")
+                raise ClusterError(f"{name} strategies {list(allowed)}: pick from {known}")
         if max_group_size is not None and max_group_size < 1:
-            raise ValueError(f"max_group_size must be >= 1, got {max_group_size}")
+            raise ClusterError(f"max_group_size must be >= 1, got {max_group_size}")
         self.zero_stage = zero_stage
         self.softmax_strategies = tuple(softmax_strategies)
         self.linear_strategies = tuple(linear_strategies)
@@ -126,7 +123,7 @@ class CostModel:
         )
         self.memory_limit_bytes = topology.usable_memory_bytes
         if self.state_bytes >= self.memory_limit_bytes:
-            raise ValueError(
+            raise ClusterError(
                 f"model states alone need {self.state_bytes / GiB:.2f} GiB per GPU at ZeRO stage "
                 f"{zero_stage}, more than the {self.memory_limit_bytes / GiB:.2f} GiB available; "
                 "raise the ZeRO stage or use GPUs with more memory"
@@ -144,7 +141,7 @@ class CostModel:
             return measured[size]
         derived = self.topology.derived_link(kind, size)
         if derived is None:
-            raise ValueError(
+            raise ProfileError(
                 f"profile {self.profile.label!r} has no {kind} timing for groups of {size} ranks "
                 f"(measured sizes: {sorted(measured) or 'none'}) and the topology has no links "
                 f"to derive it from; re-run `hetero-sp profile` under torchrun with at least "
@@ -242,14 +239,14 @@ class CostModel:
         """Raise ``ValueError`` for an empty batch, a non-positive length, or a sequence no
         allowed group can hold."""
         if len(lengths) == 0:
-            raise ValueError("the batch is empty: a step needs at least one sequence")
+            raise PlanError("the batch is empty: a step needs at least one sequence")
         biggest = self.groups[self.sizes[-1]]
         for i, s in enumerate(lengths):
             if int(s) != s or s < 1:
-                raise ValueError(f"sequence {i} has length {s}; lengths must be integers >= 1")
+                raise PlanError(f"sequence {i} has length {s}; lengths must be integers >= 1")
             if s > biggest.max_tokens:
                 need = biggest.memory(int(s))
-                raise ValueError(
+                raise PlanError(
                     f"sequence {i} ({s} tokens) needs {need / GiB:.2f} GiB per GPU even on a "
                     f"group of {biggest.size} GPUs (activations {biggest.mem_per_token_bytes * s / GiB:.2f}"
                     f" GiB + model states {self.state_bytes / GiB:.2f} GiB), but "

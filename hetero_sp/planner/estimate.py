@@ -11,8 +11,8 @@ profile (``hetero-sp profile`` under torchrun on the cluster) before trusting ab
 from __future__ import annotations
 
 from hetero_sp.config import ModelConfig
+from hetero_sp.planner.cluster import Link
 from hetero_sp.planner.profile import ComputeFit, Profile
-from hetero_sp.planner.topology import Link
 
 H100_BF16_DENSE_FLOPS = 989e12  # SXM5 datasheet, dense bf16 tensor-core peak
 MATMUL_EFFICIENCY = 0.5  # assumed model-FLOPs utilisation of the projection/FFN matmuls

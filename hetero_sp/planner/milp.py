@@ -21,7 +21,10 @@ from dataclasses import dataclass
 import numpy as np
 import pulp
 
-SOLVERS = ("auto", "highs", "cbc")
+from hetero_sp.core.errors import UserError
+from hetero_sp.core.names import Solver, values
+
+SOLVERS = values(Solver)
 
 
 @dataclass(frozen=True)
@@ -100,7 +103,7 @@ def make_solver(name: str, time_limit_s: float, rel_gap: float, threads: int):
         raise ValueError(f"solver {name!r} is unknown; allowed: {', '.join(SOLVERS)}")
     highs_ok = pulp.HiGHS().available()
     if name == "highs" and not highs_ok:
-        raise ValueError("solver 'highs' needs highspy (pip install highspy); or use 'cbc'")
+        raise UserError("solver 'highs' needs highspy (pip install highspy); or use 'cbc'")
     if name == "highs" or (name == "auto" and highs_ok):
         return "highs", _HiGHSWarm(
             msg=False, timeLimit=time_limit_s, gapRel=rel_gap, threads=threads

@@ -17,16 +17,12 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from hetero_sp.core.names import LinearSP, SoftmaxSP, values
+from hetero_sp.planner.cluster import is_power_of_two
 from hetero_sp.planner.cost import CostModel, ulysses_allowed
-from hetero_sp.planner.topology import is_power_of_two
+from hetero_sp.planner.errors import PlanError
 
 FORMAT = "hetero-sp-plan/1"
-SOFTMAX_NAMES = ("ulysses", "allgather_kv")
-LINEAR_NAMES = ("lasp2", "zeco")
-
-
-class PlanError(ValueError):
-    """A plan that must not be run; the message names the micro-batch and group."""
 
 
 @dataclass(frozen=True)
@@ -184,9 +180,9 @@ def validate_plan(plan: Plan, cost: CostModel | None = None) -> None:
                 if r in owner:
                     raise PlanError(f"{where}: rank {r} is also in group {owner[r]}")
                 owner[r] = g
-            if group.softmax_strategy not in SOFTMAX_NAMES:
+            if group.softmax_strategy not in values(SoftmaxSP):
                 raise PlanError(f"{where}: softmax strategy {group.softmax_strategy!r} unknown")
-            if group.linear_strategy not in LINEAR_NAMES:
+            if group.linear_strategy not in values(LinearSP):
                 raise PlanError(f"{where}: linear strategy {group.linear_strategy!r} unknown")
             for i in group.sequences:
                 if not 0 <= i < n:

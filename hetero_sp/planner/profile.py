@@ -11,7 +11,7 @@ A profile holds, for the model it was made with:
 - memory: the GPU's memory and, optionally, measured activation bytes per token.
 
 Every number may carry a note saying where it comes from (``notes``); an ``estimate`` profile
-must. Written by ``hetero-sp profile`` (:mod:`hetero_sp.planner.profiler`), read by
+must. Written by ``hetero-sp profile`` (:mod:`hetero_sp.profiling.profiler`), read by
 :class:`hetero_sp.planner.cost.CostModel`.
 """
 
@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from hetero_sp.config import ModelConfig
-from hetero_sp.planner.topology import COLLECTIVES, Link, Topology
+from hetero_sp.planner.cluster import COLLECTIVES, Link, Topology
+from hetero_sp.planner.errors import ProfileError
 
 FORMAT = "hetero-sp-profile/1"
 LAYER_KINDS = ("S", "L", "head")
@@ -46,7 +47,7 @@ class ComputeFit:
     def __post_init__(self) -> None:
         for key in ("a2", "a1", "fixed"):
             if not getattr(self, key) >= 0:
-                raise ValueError(
+                raise ProfileError(
                     f"compute coefficient {key} must be >= 0, got {getattr(self, key)}"
                 )
 
@@ -80,22 +81,22 @@ class Profile:
 
     def __post_init__(self) -> None:
         if self.source not in ("measured", "estimate"):
-            raise ValueError(
+            raise ProfileError(
                 f"profile source must be 'measured' or 'estimate', got {self.source!r}"
             )
         if self.precision not in PRECISIONS:
-            raise ValueError(f"profile precision must be one of {list(PRECISIONS)}")
+            raise ProfileError(f"profile precision must be one of {list(PRECISIONS)}")
         missing = [k for k in ("head", *sorted(set(self.model.layers))) if k not in self.compute]
         if missing:
-            raise ValueError(
+            raise ProfileError(
                 f"profile {self.label!r} has no compute fit for layer kinds {missing}; "
                 "re-run `hetero-sp profile` with a model that has them"
             )
         unknown = sorted(set(self.collectives) - set(COLLECTIVES))
         if unknown:
-            raise ValueError(f"profile has unknown collectives {unknown}; allowed: {COLLECTIVES}")
+            raise ProfileError(f"profile has unknown collectives {unknown}; allowed: {COLLECTIVES}")
         if self.source == "estimate" and not self.notes:
-            raise ValueError("an estimate profile must say where its numbers come from (notes)")
+            raise ProfileError("an estimate profile must say where its numbers come from (notes)")
 
     @property
     def elem_bytes(self) -> int:
@@ -143,7 +144,7 @@ class Profile:
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> Profile:
         if raw.get("format") != FORMAT:
-            raise ValueError(
+            raise ProfileError(
                 f"not a profile file: format is {raw.get('format')!r}, want {FORMAT!r}"
             )
         try:
@@ -173,19 +174,19 @@ class Profile:
                 notes=dict(raw.get("notes", {})),
             )
         except (KeyError, TypeError) as err:
-            raise ValueError(f"profile file is missing or has a bad field: {err}") from err
+            raise ProfileError(f"profile file is missing or has a bad field: {err}") from err
 
 
 def load_profile(path: str | Path) -> Profile:
     path = Path(path)
     if not path.is_file():
-        raise ValueError(
+        raise ProfileError(
             f"profile file {str(path)!r} does not exist; make one with `hetero-sp profile`"
         )
     try:
         raw = json.loads(path.read_text())
     except json.JSONDecodeError as err:
-        raise ValueError(f"profile file {str(path)!r} is not valid JSON: {err}") from err
+        raise ProfileError(f"profile file {str(path)!r} is not valid JSON: {err}") from err
     return Profile.from_dict(raw)
 
 
@@ -205,11 +206,11 @@ def rescale_profile(profile: Profile, model: ModelConfig) -> Profile:
     The result is an estimate (and says so): re-run ``hetero-sp profile`` with the model for
     plans whose absolute times can be trusted.
     """
-    from hetero_sp.model.flops import block_flops_per_token
+    from hetero_sp.core.flops import block_flops_per_token
 
     missing = [k for k in ("head", *sorted(set(model.layers))) if k not in profile.compute]
     if missing:
-        raise ValueError(
+        raise ProfileError(
             f"profile {profile.label!r} has no compute fit for layer kinds {missing}, so it "
             "cannot be carried over to this model; run `hetero-sp profile` with it"
         )

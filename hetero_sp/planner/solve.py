@@ -2,8 +2,8 @@
 
 Per step: check every sequence fits some group; split the batch into the fewest micro-batches
 that fit in memory (sorted by length, consecutive, balanced by tokens); plan each micro-batch
-(:mod:`hetero_sp.planner.microbatch`: buckets, homogeneous warm start, MILP, assignment) within
-the step's time budget (:class:`~hetero_sp.planner.microbatch.StepBudget`); validate the plan
+(:mod:`hetero_sp.planner.solve_microbatch`: buckets, homogeneous warm start, MILP, assignment) within
+the step's time budget (:class:`~hetero_sp.planner.solve_microbatch.StepBudget`); validate the plan
 before returning it.
 """
 
@@ -13,12 +13,13 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from hetero_sp.config import PlannerConfig
 from hetero_sp.planner.cost import CostModel
-from hetero_sp.planner.microbatch import StepBudget, plan_micro_batch
-from hetero_sp.planner.options import PlannerOptions
+from hetero_sp.planner.errors import PlanError
 from hetero_sp.planner.plan import Plan, validate_plan
+from hetero_sp.planner.solve_microbatch import StepBudget, plan_micro_batch
 
-__all__ = ["Planner", "PlannerOptions", "plan_batch", "split_micro_batches"]
+__all__ = ["Planner", "plan_batch", "split_micro_batches"]
 
 
 def _fits(lengths: np.ndarray, cost: CostModel, sizes: Sequence[int]) -> bool:
@@ -46,7 +47,7 @@ def split_micro_batches(
     indices per micro-batch, longest first."""
     sizes = cost.sizes if sizes is None else tuple(sizes)
     if max(lengths) > cost.groups[sizes[-1]].max_tokens:
-        raise ValueError(f"a sequence of {max(lengths)} tokens fits no group of sizes {sizes}")
+        raise PlanError(f"a sequence of {max(lengths)} tokens fits no group of sizes {sizes}")
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
     arr = np.asarray(lengths, dtype=np.int64)
     for k in range(1, len(order) + 1):
@@ -81,10 +82,10 @@ def _greedy(values: np.ndarray, cap: int) -> list[tuple[int, int]]:
 
 
 def plan_batch(
-    lengths: Sequence[int], cost: CostModel, options: PlannerOptions | None = None
+    lengths: Sequence[int], cost: CostModel, options: PlannerConfig | None = None
 ) -> Plan:
     """Plan one step: every sequence of ``lengths`` once, in the fewest micro-batches."""
-    options = options or PlannerOptions()
+    options = options or PlannerConfig()
     budget = StepBudget(options)
     cost.check_lengths(lengths)
     lengths = [int(s) for s in lengths]
@@ -108,8 +109,8 @@ def plan_batch(
 class Planner:
     """``plan_batch`` bound to a cost model and options: ``planner(lengths) -> Plan``."""
 
-    def __init__(self, cost: CostModel, options: PlannerOptions | None = None) -> None:
-        self.cost, self.options = cost, options or PlannerOptions()
+    def __init__(self, cost: CostModel, options: PlannerConfig | None = None) -> None:
+        self.cost, self.options = cost, options or PlannerConfig()
 
     def __call__(self, lengths: Sequence[int]) -> Plan:
         return plan_batch(lengths, self.cost, self.options)

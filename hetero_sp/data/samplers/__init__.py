@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hetero_sp.config import SAMPLERS, DataConfig
+from hetero_sp.config import SAMPLERS, ConfigError, DataConfig
 from hetero_sp.data.corpus import Corpus
 from hetero_sp.data.samplers.base import EpochSampler, SamplerStateError
 from hetero_sp.data.samplers.concat_chunk import ConcatChunkSampler
@@ -46,6 +46,6 @@ def build_sampler(cfg: DataConfig, corpus: Corpus) -> EpochSampler:
         )
     if cfg.sampler == "concat_chunk":
         return ConcatChunkSampler(corpus, cfg.tokens_per_step, cfg.seed, cfg.max_seq_len)
-    raise ValueError(
+    raise ConfigError(
         f"data.sampler: unknown sampler {cfg.sampler!r}; allowed: {', '.join(SAMPLERS)}"
     )

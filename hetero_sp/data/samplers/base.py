@@ -16,13 +16,15 @@ from typing import Any
 
 import numpy as np
 
+from hetero_sp.config import ConfigError
+from hetero_sp.core.errors import UserError
 from hetero_sp.data.batch import GlobalBatch, Segment
 from hetero_sp.data.corpus import Corpus
 
 _EPOCH_PLANS_KEPT = 2  # the current epoch and the next, so one-step lookahead does not thrash
 
 
-class SamplerStateError(ValueError):
+class SamplerStateError(UserError):
     """A sampler state that does not belong to this sampler (other data, seed or options)."""
 
 
@@ -31,9 +33,9 @@ class EpochSampler(ABC):
 
     def __init__(self, corpus: Corpus, tokens_per_step: int, seed: int) -> None:
         if tokens_per_step < 1:
-            raise ValueError(f"tokens_per_step must be positive, got {tokens_per_step}")
+            raise ConfigError(f"tokens_per_step must be positive, got {tokens_per_step}")
         if seed < 0:
-            raise ValueError(f"the sampler seed must be >= 0, got {seed}")
+            raise ConfigError(f"the sampler seed must be >= 0, got {seed}")
         self.corpus, self.tokens_per_step, self.seed = corpus, tokens_per_step, seed
         self.step = 0
         """The step ``next_batch()`` returns next."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from hetero_sp.config import ConfigError
 from hetero_sp.data.batch import Segment
 from hetero_sp.data.corpus import Corpus
 from hetero_sp.data.samplers.base import EpochSampler, stream_window
@@ -23,7 +24,7 @@ class ConcatChunkSampler(EpochSampler):
     def __init__(self, corpus: Corpus, tokens_per_step: int, seed: int, seq_len: int) -> None:
         super().__init__(corpus, tokens_per_step, seed)
         if seq_len < 1 or tokens_per_step % seq_len:
-            raise ValueError(
+            raise ConfigError(
                 f"concat_chunk needs tokens_per_step ({tokens_per_step}) to be a multiple of "
                 f"max_seq_len ({seq_len})"
             )
@@ -35,7 +36,7 @@ class ConcatChunkSampler(EpochSampler):
         self._stream = int(self._lengths.sum())
         self._steps = max(self._stream - 1, 0) // seq_len // self._per_step
         if self._steps == 0:
-            raise ValueError(
+            raise ConfigError(
                 f"the dataset has {self._stream} tokens, fewer than one step of "
                 f"{tokens_per_step}: lower data.tokens_per_step or use a larger dataset"
             )

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from hetero_sp.config import ConfigError
 from hetero_sp.data.batch import Segment
 from hetero_sp.data.corpus import Corpus
 from hetero_sp.data.decompose import decompose, log2_exact
@@ -44,12 +45,12 @@ def curriculum_odds(
         return [float(2 ** (num_buckets - 1 - k)) for k in range(num_buckets)]
     if curriculum == "odds":
         if odds is None or len(odds) != num_buckets or min(odds) <= 0:
-            raise ValueError(
+            raise ConfigError(
                 f"curriculum 'odds' needs {num_buckets} positive odds (one per bucket, shortest "
                 f"first), got {odds}"
             )
         return [float(o) for o in odds]
-    raise ValueError(f"unknown curriculum {curriculum!r}; allowed: {', '.join(CURRICULA)}")
+    raise ConfigError(f"unknown curriculum {curriculum!r}; allowed: {', '.join(CURRICULA)}")
 
 
 class DDSampler(EpochSampler):
@@ -69,12 +70,12 @@ class DDSampler(EpochSampler):
         super().__init__(corpus, tokens_per_step, seed)
         hi = log2_exact(max_seq_len, "data.max_seq_len")
         if tokens_per_step % max_seq_len:
-            raise ValueError(
+            raise ConfigError(
                 f"dd needs tokens_per_step ({tokens_per_step}) to be a multiple of max_seq_len "
                 f"({max_seq_len}) so every bucket fills a step exactly"
             )
         if cycles < 1:
-            raise ValueError(f"curriculum cycles must be >= 1, got {cycles}")
+            raise ConfigError(f"curriculum cycles must be >= 1, got {cycles}")
         self.dec = decompose(corpus.lengths(), min_seq_len, max_seq_len)
         lo = self.dec.min_log2
         self.min_seq_len, self.max_seq_len, self.cycles = min_seq_len, max_seq_len, cycles
@@ -85,7 +86,7 @@ class DDSampler(EpochSampler):
         self.batches_per_epoch = {i: len(c) // self._per_batch[i] for i, c in self._chunks.items()}
         self._steps = sum(self.batches_per_epoch.values())
         if self._steps == 0:
-            raise ValueError(
+            raise ConfigError(
                 f"no bucket has {tokens_per_step} tokens for one dd step: lower "
                 "data.tokens_per_step or data.max_seq_len, or use a larger dataset"
             )

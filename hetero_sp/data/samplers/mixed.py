@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from hetero_sp.config import ConfigError
 from hetero_sp.data.batch import Segment
 from hetero_sp.data.corpus import Corpus
 from hetero_sp.data.decompose import decompose
@@ -48,7 +49,7 @@ class MixedSampler(EpochSampler):
     ) -> None:
         super().__init__(corpus, tokens_per_step, seed)
         if tokens_per_step < max_seq_len:
-            raise ValueError(
+            raise ConfigError(
                 f"mixed needs tokens_per_step ({tokens_per_step}) >= max_seq_len ({max_seq_len})"
             )
         if source == "documents":
@@ -60,12 +61,12 @@ class MixedSampler(EpochSampler):
             self._len = np.left_shift(1, dec.bucket.astype(np.int64))
             self.leftover_tokens = dec.leftover_tokens
         else:
-            raise ValueError(f"unknown mixed source {source!r}; allowed: {', '.join(SOURCES)}")
+            raise ConfigError(f"unknown mixed source {source!r}; allowed: {', '.join(SOURCES)}")
         self.source, self.min_seq_len, self.max_seq_len = source, min_seq_len, max_seq_len
         self._total = int(self._len.sum())
         self._steps = self._total // tokens_per_step
         if self._steps == 0:
-            raise ValueError(
+            raise ConfigError(
                 f"the dataset has {self._total} training tokens, fewer than one step of "
                 f"{tokens_per_step}: lower data.tokens_per_step or use a larger dataset"
             )

@@ -9,8 +9,8 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.common.chunks import ChunkIndex
-from kernels.common.triton_utils import new_output
+from hetero_sp.ops.common.chunks import ChunkIndex
+from hetero_sp.ops.common.triton_utils import new_output
 
 
 @triton.jit

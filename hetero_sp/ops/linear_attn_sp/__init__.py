@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from kernels.linear_attn_sp import naive
+from hetero_sp.ops.linear_attn_sp import naive
 
 MAX_TRITON_HEAD_K = 256
 """The Triton merge kernels hold a head's K in one tile: they take K up to this."""
@@ -17,7 +17,7 @@ MAX_TRITON_HEAD_K = 256
 
 def _impl(backend: str):
     if backend == "triton":
-        from kernels.linear_attn_sp import fused
+        from hetero_sp.ops.linear_attn_sp import fused
 
         return fused
     if backend == "torch":

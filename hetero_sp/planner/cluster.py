@@ -6,7 +6,7 @@ a power of two. With a power-of-two node size, every block up to the node size l
 node, so a group is either intra-node or spans whole nodes.
 
 A collective over a group of ``size`` ranks is priced as ``latency_s + bytes / bandwidth_Bps``
-with ``bytes`` what one rank sends (the convention of ``hetero_sp.parallel.comm``). Measured
+with ``bytes`` what one rank sends (the convention of ``hetero_sp.core.traffic``). Measured
 numbers for a size come from a profile; sizes it lacks are derived from the two links here
 (:meth:`Topology.derived_link`), or refused when the topology has no link numbers.
 """
@@ -14,6 +14,8 @@ numbers for a size come from a profile; sizes it lacks are derived from the two 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from hetero_sp.planner.errors import ClusterError
 
 COLLECTIVES = ("all_to_all", "all_gather", "send_recv")
 """Collective kinds the strategies use: Ulysses all-to-all, all-gather K/V and LASP-2 state
@@ -31,9 +33,9 @@ class Link:
 
     def __post_init__(self) -> None:
         if not self.latency_s >= 0:
-            raise ValueError(f"link latency_s must be >= 0, got {self.latency_s}")
+            raise ClusterError(f"link latency_s must be >= 0, got {self.latency_s}")
         if not self.bandwidth_Bps > 0:
-            raise ValueError(f"link bandwidth_Bps must be > 0, got {self.bandwidth_Bps}")
+            raise ClusterError(f"link bandwidth_Bps must be > 0, got {self.bandwidth_Bps}")
 
     def time(self, num_bytes: float) -> float:
         return self.latency_s + num_bytes / self.bandwidth_Bps
@@ -62,15 +64,15 @@ class Topology:
 
     def __post_init__(self) -> None:
         if self.num_gpus < 1:
-            raise ValueError(f"num_gpus (the world size) must be >= 1, got {self.num_gpus}")
+            raise ClusterError(f"num_gpus (the world size) must be >= 1, got {self.num_gpus}")
         if not (is_power_of_two(self.gpus_per_node) or self.gpus_per_node == self.num_gpus):
-            raise ValueError(
+            raise ClusterError(
                 f"gpus_per_node must be a power of two (or equal num_gpus), got {self.gpus_per_node}"
             )
         if not self.gpu_memory_bytes > 0:
-            raise ValueError(f"gpu_memory_bytes must be > 0, got {self.gpu_memory_bytes}")
+            raise ClusterError(f"gpu_memory_bytes must be > 0, got {self.gpu_memory_bytes}")
         if not 0 < self.memory_fraction <= 1:
-            raise ValueError(f"memory_fraction must be in (0, 1], got {self.memory_fraction}")
+            raise ClusterError(f"memory_fraction must be in (0, 1], got {self.memory_fraction}")
 
     @property
     def usable_memory_bytes(self) -> float:
@@ -107,7 +109,7 @@ class Topology:
         paced by their node-crossing hops.
         """
         if kind not in COLLECTIVES:
-            raise ValueError(f"collective {kind!r} is unknown; allowed: {', '.join(COLLECTIVES)}")
+            raise ClusterError(f"collective {kind!r} is unknown; allowed: {', '.join(COLLECTIVES)}")
         if size <= min(self.gpus_per_node, self.num_gpus):
             return self.intra_node
         if self.inter_node is None:

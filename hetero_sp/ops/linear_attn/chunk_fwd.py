@@ -1,7 +1,7 @@
 """Forward kernels of chunked causal linear attention with per-head scalar decay.
 
 Shape legend: T tokens, H heads, K key dim, V value dim, N documents, M chunks (see
-``kernels.common.chunks``), BT chunk size, BK / BV tiles of K / V.
+``hetero_sp.ops.common.chunks``), BT chunk size, BK / BV tiles of K / V.
 
 ``gc`` is the log-decay summed inside each chunk up to and including the token (fp32 [T, H]).
 For chunk c of a document, with h_c the state entering it (h_0 = the initial state):
@@ -19,8 +19,8 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.common.chunks import ChunkIndex
-from kernels.common.triton_utils import (
+from hetero_sp.ops.common.chunks import ChunkIndex
+from hetero_sp.ops.common.triton_utils import (
     dot_precision,
     head_dim_configs,
     new_output,

@@ -21,11 +21,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from hetero_sp.config import PlannerConfig
 from hetero_sp.planner import assign
 from hetero_sp.planner.bucketing import Buckets, bucket_lengths
 from hetero_sp.planner.cost import CostModel
 from hetero_sp.planner.milp import MilpInput, SlotCounts, solve_milp
-from hetero_sp.planner.options import PlannerOptions
 from hetero_sp.planner.plan import MicroBatchPlan, SolverStats, relative_gap
 
 _FIRST_ROUND_SHARE = 0.5  # of the micro-batch's MILP time, for the aggregated first round
@@ -39,9 +39,9 @@ class StepBudget:
     the step's first round always gets the floor (so one round may overrun the deadline by up to
     ``min_time_limit_s``). Local search stops at the deadline."""
 
-    def __init__(self, options: PlannerOptions) -> None:
+    def __init__(self, options: PlannerConfig) -> None:
         self.deadline = time.perf_counter() + options.time_limit_s
-        self.floor_s = options.min_time_limit_s
+        self.floor_s = options.round_floor_s
         self.part_end = self.deadline
         self.floor_given = False
 
@@ -97,7 +97,7 @@ def plan_micro_batch(
     lengths: np.ndarray,
     index: Sequence[int],
     cost: CostModel,
-    options: PlannerOptions,
+    options: PlannerConfig,
     budget: StepBudget | None = None,
 ) -> MicroBatchPlan:
     """Plan one micro-batch (``lengths`` are its sequences, ``index`` their batch indices)
@@ -183,7 +183,7 @@ def plan_micro_batch(
         best = min((p for p in packs if p is not None), key=lambda p: p.makespan, default=None)
         notes.append("kept the best homogeneous plan")
     if best is None:
-        raise ValueError(
+        raise RuntimeError(
             "no plan fits this micro-batch in memory; a planner bug, since the micro-batch "
             "split accepted it"
         )

@@ -1,4 +1,6 @@
-"""Communication accounting shared by the SP strategies and the planner's cost model.
+"""Bytes each SP strategy moves per layer call: the one definition the strategies' run-time
+counter and the planner's cost model share. Pure arithmetic (no torch), so the planner imports
+it without loading the strategies.
 
 Each strategy has a pure function giving the bytes one rank sends and receives for one layer
 call, forward and backward separately; the strategies add the same numbers to a run-time
@@ -12,11 +14,9 @@ what leaves it and what arrives at it, excluding its own block (ring algorithms 
 
 from __future__ import annotations
 
-import threading
-from collections import defaultdict
 from dataclasses import dataclass, fields
 
-from hetero_sp.parallel.heads import ulysses_kv_ranges
+from hetero_sp.core.heads import ulysses_kv_ranges
 
 
 @dataclass(frozen=True)
@@ -151,33 +151,3 @@ def zeco_bytes(
     else:
         links = has_next + has_prev, has_next + has_prev
     return zeco_link_bytes(*links, num_heads, head_k, head_v, elem_bytes)
-
-
-class CommCounter:
-    """Run-time byte counter, keyed by ``<strategy>/<fwd|bwd>_<send|recv>``. Thread-safe."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._bytes: dict[str, int] = defaultdict(int)
-
-    def add(self, strategy: str, direction: str, send: int, recv: int) -> None:
-        with self._lock:
-            self._bytes[f"{strategy}/{direction}_send"] += int(send)
-            self._bytes[f"{strategy}/{direction}_recv"] += int(recv)
-
-    def snapshot(self) -> dict[str, int]:
-        with self._lock:
-            return dict(self._bytes)
-
-    def reset(self) -> None:
-        with self._lock:
-            self._bytes.clear()
-
-    def total(self) -> int:
-        with self._lock:
-            return sum(self._bytes.values())
-
-
-COMM = CommCounter()
-"""The process-wide counter the strategies add to; the engine reads and resets it every step
-(metrics ``comm/bytes``). It is the one piece of global state: it only observes traffic."""

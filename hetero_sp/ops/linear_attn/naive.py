@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from kernels.common.varlen import as_list, check_cu_seqlens
+from hetero_sp.ops.common.varlen import as_list, check_cu_seqlens
 
 
 def _prepare(q, k, v, g, cu_seqlens, scale, initial_state):

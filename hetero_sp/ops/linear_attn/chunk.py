@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import torch
 
-from kernels.common.chunks import ChunkIndex, prepare_chunk_index
-from kernels.common.cumsum import chunk_local_cumsum
-from kernels.common.triton_utils import check_kernel_device
-from kernels.common.varlen import as_list
-from kernels.linear_attn.chunk_bwd import chunk_bwd_dh, chunk_bwd_dv
-from kernels.linear_attn.chunk_bwd_dqkg import chunk_bwd_dqkg
-from kernels.linear_attn.chunk_fwd import chunk_fwd_h, chunk_fwd_o
+from hetero_sp.ops.common.chunks import ChunkIndex, prepare_chunk_index
+from hetero_sp.ops.common.cumsum import chunk_local_cumsum
+from hetero_sp.ops.common.triton_utils import check_kernel_device
+from hetero_sp.ops.common.varlen import as_list
+from hetero_sp.ops.linear_attn.chunk_bwd import chunk_bwd_dh, chunk_bwd_dv
+from hetero_sp.ops.linear_attn.chunk_bwd_dqkg import chunk_bwd_dqkg
+from hetero_sp.ops.linear_attn.chunk_fwd import chunk_fwd_h, chunk_fwd_o
 
 CHUNK_SIZE = 64
 

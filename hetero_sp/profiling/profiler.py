@@ -5,7 +5,7 @@ Compute: one ``Block`` of each layer kind of ``hetero_sp.model.HybridLM`` (and t
 final norm, output head and loss), forward + backward over a single document of ``s`` tokens,
 fitted as ``a2 s^2 + a1 s + fixed`` (``a2`` only for softmax blocks). Collectives, over the
 ranks ``[0, d)`` for each group size d: all-to-all and all-gather (per-rank bytes sent, the
-convention of ``hetero_sp.parallel.comm``), and a point-to-point message between ranks 0 and
+convention of ``hetero_sp.core.traffic``), and a point-to-point message between ranks 0 and
 d - 1 (half a round trip), fitted as ``latency + bytes / bandwidth``. Coefficients are kept
 non-negative (a term whose best fit is negative is dropped). Each fit reports its largest
 relative error over the samples.
@@ -22,8 +22,8 @@ import torch
 import torch.distributed as dist
 
 from hetero_sp.config import ModelConfig
+from hetero_sp.planner.cluster import Link, is_power_of_two
 from hetero_sp.planner.profile import ComputeFit
-from hetero_sp.planner.topology import Link, is_power_of_two
 
 # torch >= 2.10 renamed all_gather_into_tensor (the old name warns); older torch has only that.
 _all_gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
@@ -108,9 +108,9 @@ def time_compute(
     dtype: torch.dtype = torch.float32,
 ) -> dict[str, list[tuple[int, float]]]:
     """(tokens, seconds) of forward + backward of one block per layer kind, and of the head."""
-    from hetero_sp.engine.loss import token_loss_sum
     from hetero_sp.model import HybridLM, PackedSeqs
     from hetero_sp.model.layers import rope_cos_sin
+    from hetero_sp.model.loss import token_loss_sum
 
     device = torch.device(device)
     model = HybridLM(cfg, linear_backend="auto", softmax_backend="auto").to(device, dtype)

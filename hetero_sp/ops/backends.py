@@ -9,7 +9,7 @@ linear in T; no T x T mask is ever built). Causal masks are aligned bottom-right
 document has fewer queries than keys (the flash-attn >= 2.1 convention): the last query sees
 every key, which is what sequence-parallel strategies need for a rank's slice of a document.
 
-Linear attention: the chunked torch path, or the Triton kernels once ``kernels.linear_attn.chunk``
+Linear attention: the chunked torch path, or the Triton kernels once ``hetero_sp.ops.linear_attn.chunk``
 is importable and the tensors are on CUDA (or ``TRITON_INTERPRET=1`` is set).
 """
 
@@ -23,7 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention.bias import causal_lower_right
 
-from kernels.linear_attn.torch_chunk import torch_chunk_linear_attn
+from hetero_sp.core.errors import UserError
+from hetero_sp.core.names import LinearBackend, SoftmaxBackend, values
+from hetero_sp.ops.linear_attn.torch_chunk import torch_chunk_linear_attn
 
 
 @functools.cache
@@ -43,17 +45,18 @@ def resolve_softmax_backend(
     name: str, device: torch.device, dtype: torch.dtype | None = None
 ) -> str:
     """The softmax backend for tensors on ``device`` of ``dtype`` (None: any half dtype)."""
-    if name not in ("auto", "flash", "torch"):
-        raise ValueError(f"softmax backend {name!r} is unknown; allowed: auto, flash, torch")
+    if name not in values(SoftmaxBackend):
+        allowed = ", ".join(values(SoftmaxBackend))
+        raise UserError(f"softmax backend {name!r} is unknown; allowed: {allowed}")
     have_flash = device.type == "cuda" and _flash_attn_varlen() is not None
     if name == "flash" and not have_flash:
-        raise ValueError(
+        raise UserError(
             "softmax backend 'flash' needs flash-attn installed (pip install 'hetero-sp[gpu]') "
             "and CUDA tensors; use parallel.softmax_backend=torch or auto"
         )
     half = dtype is None or dtype in FLASH_DTYPES
     if name == "flash" and not half:
-        raise ValueError(
+        raise UserError(
             f"softmax backend 'flash' takes fp16 or bf16 tensors, got {dtype}; train with "
             "train.precision=bf16 or use parallel.softmax_backend=torch or auto"
         )
@@ -122,23 +125,22 @@ def varlen_softmax_attention(
 @functools.cache
 def _triton_linear_attn():
     try:
-        module = importlib.import_module("kernels.linear_attn.chunk")
+        module = importlib.import_module("hetero_sp.ops.linear_attn.chunk")
     except ImportError:
         return None
     return getattr(module, "chunk_linear_attn", None)
 
 
 def resolve_linear_backend(name: str, device: torch.device) -> str:
-    if name not in ("auto", "torch", "triton"):
-        raise ValueError(
-            f"linear-attention backend {name!r} is unknown; allowed: auto, torch, triton"
-        )
+    if name not in values(LinearBackend):
+        allowed = ", ".join(values(LinearBackend))
+        raise UserError(f"linear-attention backend {name!r} is unknown; allowed: {allowed}")
     # Import the kernels only where they can run: importing decorates them, and a CPU process
     # that imported them without the interpreter could not use them later.
     runnable_here = device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
     triton_ok = runnable_here and _triton_linear_attn() is not None
     if name == "triton" and not triton_ok:
-        raise ValueError(
+        raise UserError(
             "linear-attention backend 'triton' needs the Triton kernels and CUDA tensors "
             "(or TRITON_INTERPRET=1 on CPU, fp32 only); use parallel.linear_backend=torch or auto"
         )
@@ -159,7 +161,7 @@ def local_linear_attention(
     output_final_state: bool = False,
     backend: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Causal linear attention with decay over rank-local documents; see ``kernels.linear_attn``."""
+    """Causal linear attention with decay over rank-local documents; see ``hetero_sp.ops.linear_attn``."""
     if resolve_linear_backend(backend, q_THK.device) == "triton":
         op = _triton_linear_attn()
     else:

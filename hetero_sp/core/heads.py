@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import functools
 
+from hetero_sp.core.errors import UserError
 
-class UnsupportedGroupSize(ValueError):
+
+class UnsupportedGroupSize(UserError):
     """A group size a strategy cannot run for this model; the message says what to change."""
 
 

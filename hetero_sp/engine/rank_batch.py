@@ -20,8 +20,8 @@ import torch
 
 from hetero_sp.data.batch import GlobalBatch
 from hetero_sp.engine.loss import IGNORE_INDEX
-from hetero_sp.model.packed import PackedSeqs
 from hetero_sp.parallel import GroupLayout, SPContext, layout_kind_for, make_layout
+from hetero_sp.parallel.packed import PackedSeqs
 
 PAD_ID = 0
 

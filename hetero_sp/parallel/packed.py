@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
+from hetero_sp.ops.common.varlen import check_cu_seqlens, positions_in_segment
 from hetero_sp.parallel.context import SPContext
-from kernels.common.varlen import check_cu_seqlens, positions_in_segment
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@
 decorates the kernels, and on CPU that must happen after ``TRITON_INTERPRET=1`` is set.
 """
 
-from kernels.linear_attn.naive import naive_linear_attn, naive_recurrent_linear_attn
-from kernels.linear_attn.torch_chunk import torch_chunk_linear_attn
+from hetero_sp.ops.linear_attn.naive import naive_linear_attn, naive_recurrent_linear_attn
+from hetero_sp.ops.linear_attn.torch_chunk import torch_chunk_linear_attn
 
 __all__ = ["naive_linear_attn", "naive_recurrent_linear_attn", "torch_chunk_linear_attn"]

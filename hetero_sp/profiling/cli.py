@@ -15,7 +15,8 @@ import os
 import platform
 import sys
 
-from hetero_sp.config import ConfigError, load_config
+from hetero_sp.config import load_config
+from hetero_sp.core.errors import UserError
 from hetero_sp.planner.profile import PRECISIONS, Profile, save_profile
 
 
@@ -46,9 +47,9 @@ def _ints(text: str, what: str) -> list[int]:
     try:
         values = [int(x) for x in text.split(",") if x]
     except ValueError as err:
-        raise ValueError(f"{what}: write comma-separated integers, got {text!r}") from err
+        raise UserError(f"{what}: write comma-separated integers, got {text!r}") from err
     if not values or min(values) < 1:
-        raise ValueError(f"{what}: need positive integers, got {text!r}")
+        raise UserError(f"{what}: need positive integers, got {text!r}")
     return sorted(set(values))
 
 
@@ -82,7 +83,7 @@ def _report(profile: Profile) -> str:
 def _cmd_profile(args: argparse.Namespace) -> int:
     try:
         return _profile(args)
-    except (ValueError, ConfigError) as err:
+    except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 
@@ -91,7 +92,7 @@ def _profile(args: argparse.Namespace) -> int:
     import torch  # here, not at the top: `hetero-sp config` must not pay for importing torch
 
     from hetero_sp.distributed import init_distributed, shutdown_distributed
-    from hetero_sp.planner.profiler import fit_compute, fit_link, time_collectives, time_compute
+    from hetero_sp.profiling.profiler import fit_compute, fit_link, time_collectives, time_compute
 
     cfg = load_config(args.config, args.overrides).model
     lengths = _ints(args.lengths, "--lengths")

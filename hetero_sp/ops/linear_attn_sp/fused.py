@@ -19,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.linear_attn_sp import MAX_TRITON_HEAD_K
+from hetero_sp.ops.linear_attn_sp import MAX_TRITON_HEAD_K
 
 
 def _check_device(*tensors: torch.Tensor | None) -> None:

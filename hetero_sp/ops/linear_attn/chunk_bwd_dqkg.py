@@ -10,8 +10,8 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.common.chunks import ChunkIndex
-from kernels.common.triton_utils import (
+from hetero_sp.ops.common.chunks import ChunkIndex
+from hetero_sp.ops.common.triton_utils import (
     dot_precision,
     head_dim_configs,
     is_interpreter,

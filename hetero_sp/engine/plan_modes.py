@@ -15,7 +15,6 @@ from collections.abc import Callable, Sequence
 from hetero_sp.config import Config, ConfigError
 from hetero_sp.log import get_logger
 from hetero_sp.planner.cost import LINEAR_STRATEGIES, SOFTMAX_STRATEGIES, CostModel
-from hetero_sp.planner.options import PlannerOptions
 from hetero_sp.planner.plan import Plan, PlanError
 from hetero_sp.planner.profile import load_profile, rescale_profile
 from hetero_sp.planner.simulate import homogeneous_plan, homogeneous_times
@@ -30,17 +29,9 @@ def build_cost_model(cfg: Config, world_size: int, node_size: int, log: bool = T
     """The cost model of this run: the configured profile (rescaled by FLOPs when it was measured
     with another model size), the run's topology, ZeRO stage and allowed strategies.
 
-    Raises :class:`ConfigError` when the config does not fit (an unreadable profile, model states
-    that fill the memory, ...)."""
-    try:
-        return _cost_model(cfg, world_size, node_size, log)
-    except ConfigError:
-        raise
-    except ValueError as err:  # the planner's checks of the profile and the cluster
-        raise ConfigError(str(err)) from err
-
-
-def _cost_model(cfg: Config, world_size: int, node_size: int, log: bool) -> CostModel:
+    Raises the planner's :class:`~hetero_sp.planner.ProfileError` or
+    :class:`~hetero_sp.planner.ClusterError` (user errors) when the config does not fit: an
+    unreadable profile, model states that fill the memory, ..."""
     profile = load_profile(cfg.planner.profile)
     if any(getattr(profile.model, k) != getattr(cfg.model, k) for k in _MODEL_KEYS):
         if log:
@@ -88,18 +79,9 @@ def static_degree(cfg: Config) -> int | None:
 
 def make_plan_fn(cfg: Config, cost: CostModel) -> Callable[[Sequence[int]], Plan]:
     """lengths -> validated plan, for the configured mode; a batch that cannot be planned raises
-    :class:`PlanError` (the planner's own ``ValueError`` checks included). The function pickles
-    (module-level functions and a ``Planner``), so a run-ahead worker process can hold it."""
-    return functools.partial(_plan_or_error, _plan_fn(cfg, cost))
-
-
-def _plan_or_error(plan_fn: Callable[[Sequence[int]], Plan], lengths: Sequence[int]) -> Plan:
-    try:
-        return plan_fn(lengths)
-    except PlanError:
-        raise
-    except ValueError as err:  # e.g. a sequence that fits no group's memory
-        raise PlanError(str(err)) from err
+    :class:`PlanError`. The function pickles (module-level functions and a ``Planner``), so a
+    run-ahead worker process can hold it."""
+    return _plan_fn(cfg, cost)
 
 
 def _static_plan(cost: CostModel, degree: int, lengths: Sequence[int]) -> Plan:
@@ -136,12 +118,4 @@ def _plan_fn(cfg: Config, cost: CostModel) -> Callable[[Sequence[int]], Plan]:
         return functools.partial(_static_plan, cost, degree)
     if cfg.parallel.sp_mode == "homogeneous":
         return functools.partial(_homogeneous_plan, cost)
-    return Planner(
-        cost,
-        PlannerOptions(
-            time_limit_s=cfg.planner.time_limit_s,
-            min_time_limit_s=min(0.05, cfg.planner.time_limit_s),
-            num_buckets=cfg.planner.num_buckets,
-            max_bucket_error=cfg.planner.max_bucket_error,
-        ),
-    )
+    return Planner(cost, cfg.planner)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from kernels.common.varlen import as_list, check_cu_seqlens
+from hetero_sp.ops.common.varlen import as_list, check_cu_seqlens
 
 _INT32_MAX = 2**31 - 1
 
