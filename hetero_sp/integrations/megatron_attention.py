@@ -20,16 +20,16 @@ otherwise each of the b rows is one document of length s CP.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
 from megatron.core.transformer.enums import AttnMaskType
 from megatron.core.transformer.module import MegatronModule
 
 from hetero_sp.integrations.megatron_compat import group_of
 from hetero_sp.integrations.megatron_layout import cp_packed_seqs
+from hetero_sp.model.attention import linear_attention_inputs
 from hetero_sp.model.layers import RMSNorm
-from hetero_sp.ops.backends import local_linear_attention, varlen_softmax_attention
 from hetero_sp.parallel import linear_strategy, softmax_strategy
+from hetero_sp.parallel.attention import linear_attention, softmax_attention
 from hetero_sp.parallel.packed import PackedSeqs
 
 CAUSAL_MASKS = (AttnMaskType.causal, AttnMaskType.padding_causal)
@@ -157,14 +157,7 @@ class HeteroSoftmaxCoreAttention(MegatronModule):
             softmax_strategy=self.strategy,
         )
         scale = self.softmax_scale or q_THE.shape[-1] ** -0.5
-        if seqs.sp is None:
-            cu = seqs.cu_seqlens_list
-            o_THE = varlen_softmax_attention(
-                q_THE, k_TGE, v_TGE, cu, cu, backend=self.backend, scale=scale
-            )
-        else:
-            run = softmax_strategy(self.strategy)
-            o_THE = run(q_THE, k_TGE, v_TGE, seqs, backend=self.backend, scale=scale)
+        o_THE = softmax_attention(q_THE, k_TGE, v_TGE, seqs, backend=self.backend, scale=scale)
         o_TX = o_THE.reshape(o_THE.shape[0], -1)
         return o_TX if thd else _from_tokens(o_TX, rows)
 
@@ -246,21 +239,14 @@ class HeteroLinearSelfAttention(MegatronModule):
         qkv_TX = _to_tokens(self.linear_qkv(hidden_states)[0])
         T = qkv_TX.shape[0]
         q_THE, k_THE, v_THE = qkv_TX.view(T, 3, self.num_heads, self.head_dim).unbind(1)
-        q_THE, k_THE = F.normalize(q_THE, dim=-1), F.normalize(k_THE, dim=-1)
-        g_TH = None
+        gate_TH = None
         if self.linear_gate is not None:
             gate_TH = _to_tokens(self.linear_gate(hidden_states)[0])
-            g_TH = F.logsigmoid(gate_TH.float()) / self.decay_normalizer
+        q_THE, k_THE, g_TH = linear_attention_inputs(q_THE, k_THE, gate_TH, self.decay_normalizer)
         seqs = _shard_seqs(
             T, rows, packed_seq_params, self.cp_group, q_THE.device, linear_strategy=self.strategy
         )
         scale = self.head_dim**-0.5
-        if seqs.sp is None:
-            o_THE, _ = local_linear_attention(
-                q_THE, k_THE, v_THE, g_TH, seqs.cu_seqlens_list, scale=scale, backend=self.backend
-            )
-        else:
-            run = linear_strategy(self.strategy)
-            o_THE = run(q_THE, k_THE, v_THE, g_TH, seqs, backend=self.backend, scale=scale)
+        o_THE = linear_attention(q_THE, k_THE, v_THE, g_TH, seqs, backend=self.backend, scale=scale)
         o_sbX = _from_tokens(self.o_norm(o_THE).reshape(T, -1), rows)
         return self.linear_proj(o_sbX)

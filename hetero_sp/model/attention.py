@@ -2,8 +2,10 @@
 
 Shape legend: T local tokens, D model dim, H query heads, G key/value heads, E head dim.
 
-Both layers run single-rank backends when ``seqs.sp`` is None or a group of one rank, and hand
-off to the sequence-parallel strategy named in the context otherwise (``hetero_sp.parallel``).
+Both layers compute their projections here and run the attention itself through
+:mod:`hetero_sp.parallel.attention`: single-rank backends when ``seqs.sp`` is None or a group of
+one rank, the sequence-parallel strategy the context names otherwise. The Megatron plug-in runs
+the same core and the same linear-attention inputs (:func:`linear_attention_inputs`).
 """
 
 from __future__ import annotations
@@ -14,13 +16,20 @@ from torch import nn
 
 from hetero_sp.config import ModelConfig
 from hetero_sp.model.layers import RMSNorm, apply_rope
-from hetero_sp.ops.backends import local_linear_attention, varlen_softmax_attention
-from hetero_sp.parallel import linear_strategy, softmax_strategy
+from hetero_sp.parallel.attention import linear_attention, softmax_attention
 from hetero_sp.parallel.packed import PackedSeqs
 
 
-def _runs_alone(seqs: PackedSeqs) -> bool:
-    return seqs.sp is None or seqs.sp.size == 1
+def linear_attention_inputs(
+    q_THE: torch.Tensor,
+    k_THE: torch.Tensor,
+    gate_TH: torch.Tensor | None,
+    decay_normalizer: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """q and k L2-normalised per head, and the log decay ``logsigmoid(gate) / normalizer`` in
+    fp32 (None without a gate): what the ``L`` layer feeds its attention."""
+    g_TH = None if gate_TH is None else F.logsigmoid(gate_TH.float()) / decay_normalizer
+    return F.normalize(q_THE, dim=-1), F.normalize(k_THE, dim=-1), g_TH
 
 
 class SoftmaxAttention(nn.Module):
@@ -47,19 +56,7 @@ class SoftmaxAttention(nn.Module):
         k_TGE = apply_rope(self.wk(x_TD).view(T, self.num_kv_heads, self.head_dim), *rope)
         v_TGE = self.wv(x_TD).view(T, self.num_kv_heads, self.head_dim)
         scale = self.head_dim**-0.5
-        if _runs_alone(seqs):
-            o_THE = varlen_softmax_attention(
-                q_THE,
-                k_TGE,
-                v_TGE,
-                seqs.cu_seqlens_list,
-                seqs.cu_seqlens_list,
-                backend=self.backend,
-                scale=scale,
-            )
-        else:
-            strategy = softmax_strategy(seqs.sp.softmax_strategy)
-            o_THE = strategy(q_THE, k_TGE, v_TGE, seqs, backend=self.backend, scale=scale)
+        o_THE = softmax_attention(q_THE, k_TGE, v_TGE, seqs, backend=self.backend, scale=scale)
         return self.wo(o_THE.reshape(T, -1))
 
 
@@ -85,18 +82,13 @@ class LinearAttention(nn.Module):
 
     def forward(self, x_TD: torch.Tensor, seqs: PackedSeqs, rope=None) -> torch.Tensor:
         T = x_TD.shape[0]
-        q_THE = F.normalize(self.wq(x_TD).view(T, self.num_heads, self.head_dim), dim=-1)
-        k_THE = F.normalize(self.wk(x_TD).view(T, self.num_heads, self.head_dim), dim=-1)
+        q_THE, k_THE, g_TH = linear_attention_inputs(
+            self.wq(x_TD).view(T, self.num_heads, self.head_dim),
+            self.wk(x_TD).view(T, self.num_heads, self.head_dim),
+            None if self.wg is None else self.wg(x_TD),
+            self.decay_normalizer,
+        )
         v_THE = self.wv(x_TD).view(T, self.num_heads, self.head_dim)
-        g_TH = None
-        if self.wg is not None:
-            g_TH = F.logsigmoid(self.wg(x_TD).float()) / self.decay_normalizer
         scale = self.head_dim**-0.5
-        if _runs_alone(seqs):
-            o_THE, _ = local_linear_attention(
-                q_THE, k_THE, v_THE, g_TH, seqs.cu_seqlens_list, scale=scale, backend=self.backend
-            )
-        else:
-            strategy = linear_strategy(seqs.sp.linear_strategy)
-            o_THE = strategy(q_THE, k_THE, v_THE, g_TH, seqs, backend=self.backend, scale=scale)
+        o_THE = linear_attention(q_THE, k_THE, v_THE, g_TH, seqs, backend=self.backend, scale=scale)
         return self.wo(self.o_norm(o_THE).reshape(T, -1))

@@ -45,11 +45,19 @@ def check_kernel_device(*tensors: torch.Tensor | None) -> None:
             "the Triton kernels need CUDA tensors; on CPU set TRITON_INTERPRET=1 before the "
             "kernels are imported (tests only) or use the torch backend"
         )
-    if any(t.dtype in (torch.bfloat16, torch.float16) for t in present):
+    if any(t.dtype != torch.float32 for t in present if t.is_floating_point()):
         raise ValueError(
-            "under TRITON_INTERPRET=1 only fp32 is supported (16-bit tl.dot is wrong in the "
-            "interpreter); cast to float32 or run on CUDA"
+            "under TRITON_INTERPRET=1 the Triton kernels take only fp32 tensors (16-bit tl.dot is wrong "
+            "in the interpreter, and the kernels accumulate in fp32); cast to float32 or run on "
+            "CUDA"
         )
+
+
+def tile_size(dim: int, cap: int | None = None) -> int:
+    """The tile that covers ``dim``: its next power of two, at least 16 (the smallest ``tl.dot``
+    operand), at most ``cap``."""
+    size = max(16, triton.next_power_of_2(dim))
+    return size if cap is None else min(cap, size)
 
 
 def head_dim_configs(
@@ -78,7 +86,7 @@ def prune_wide_tiles(configs, named_args, **kwargs):
     if getattr(first, "dtype", None) == torch.float32:
         configs = configs[:1]
     caps = {
-        name: max(16, triton.next_power_of_2(args[dim]))
+        name: tile_size(args[dim])
         for name, dim in (("BK", "K"), ("BV", "V"))
         if args.get(dim) is not None
     }

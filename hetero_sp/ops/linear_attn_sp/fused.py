@@ -13,26 +13,17 @@ recompiles. Accumulation is fp32; ``tl.dot`` uses exact fp32 products for fp32 i
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
+from hetero_sp.ops.common.triton_utils import (
+    check_kernel_device,
+    dot_precision,
+    new_output,
+    tile_size,
+)
 from hetero_sp.ops.linear_attn_sp import MAX_TRITON_HEAD_K
-
-
-def _check_device(*tensors: torch.Tensor | None) -> None:
-    present = [t for t in tensors if t is not None]
-    if present[0].device.type == "cuda":
-        return
-    if os.environ.get("TRITON_INTERPRET") != "1":
-        raise ValueError(
-            "the Triton SP kernels need CUDA tensors; on CPU set TRITON_INTERPRET=1 before "
-            "importing them (tests only) or use the torch backend"
-        )
-    if any(t.dtype != torch.float32 for t in present):
-        raise ValueError("under TRITON_INTERPRET=1 the SP kernels run fp32 only; cast to float32")
 
 
 def _check_head_k(head_k: int) -> None:
@@ -41,25 +32,6 @@ def _check_head_k(head_k: int) -> None:
             f"the Triton SP correction kernels take head dims K <= {MAX_TRITON_HEAD_K}, got {head_k}; "
             "use the torch merge backend (the SP layers pick it for such heads)"
         )
-
-
-POISON_ENV = "HETERO_SP_POISON_OUTPUTS"
-"""Set to 1 to fill every kernel output with NaN before the launch (tests only)."""
-
-
-def _new_output(shape, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    out = torch.empty(shape, dtype=dtype, device=device)
-    if os.environ.get(POISON_ENV) == "1":
-        out.fill_(float("nan"))
-    return out
-
-
-def _dot_precision(dtype: torch.dtype) -> str:
-    return "ieee" if dtype == torch.float32 else "tf32"
-
-
-def _tile(dim: int, cap: int) -> int:
-    return min(cap, max(16, triton.next_power_of_2(dim)))
 
 
 @triton.jit(do_not_specialize=["N"])
@@ -201,11 +173,11 @@ def correction_bwd_kernel_ds(
 
 def state_scan(u_NHKV: torch.Tensor, b_NH: torch.Tensor, reverse: bool = False) -> torch.Tensor:
     """Exclusive decayed scan over pieces; see ``naive.state_scan``."""
-    _check_device(u_NHKV, b_NH)
+    check_kernel_device(u_NHKV, b_NH)
     num, heads, head_k, head_v = u_NHKV.shape
     u_NHKV, b_NH = u_NHKV.contiguous(), b_NH.contiguous()
-    x_NHKV = _new_output(u_NHKV.shape, u_NHKV.dtype, u_NHKV.device)
-    block = _tile(head_k * head_v, 1024)
+    x_NHKV = new_output(u_NHKV.shape, u_NHKV.dtype, u_NHKV.device)
+    block = tile_size(head_k * head_v, 1024)
     grid = (triton.cdiv(head_k * head_v, block), heads)
     state_scan_kernel[grid](u_NHKV, b_NH, x_NHKV, num, heads, head_k * head_v, block, reverse)
     return x_NHKV
@@ -215,18 +187,18 @@ def correction_fwd(
     q_LHK: torch.Tensor, gc_LH: torch.Tensor | None, state_HKV: torch.Tensor, scale: float
 ) -> torch.Tensor:
     """Output added by the incoming state; see ``naive.correction_fwd``."""
-    _check_device(q_LHK, gc_LH, state_HKV)
+    check_kernel_device(q_LHK, gc_LH, state_HKV)
     length, heads, head_k = q_LHK.shape
     _check_head_k(head_k)
     head_v = state_HKV.shape[-1]
     q_LHK, state_HKV = q_LHK.contiguous(), state_HKV.contiguous()
     gc_LH = gc_LH.contiguous() if gc_LH is not None else None
-    o_LHV = _new_output((length, heads, head_v), state_HKV.dtype, q_LHK.device)
-    BT, BK, BV = 32, _tile(head_k, MAX_TRITON_HEAD_K), _tile(head_v, 64)
+    o_LHV = new_output((length, heads, head_v), state_HKV.dtype, q_LHK.device)
+    BT, BK, BV = 32, tile_size(head_k, MAX_TRITON_HEAD_K), tile_size(head_v, 64)
     grid = (triton.cdiv(length, BT), triton.cdiv(head_v, BV), heads)
     correction_fwd_kernel[grid](
         q_LHK, gc_LH if gc_LH is not None else q_LHK, state_HKV, o_LHV, length, scale,
-        heads, head_k, head_v, BT, BK, BV, gc_LH is not None, _dot_precision(q_LHK.dtype),
+        heads, head_k, head_v, BT, BK, BV, gc_LH is not None, dot_precision(q_LHK.dtype),
     )  # fmt: skip
     return o_LHV
 
@@ -239,21 +211,21 @@ def correction_bwd(
     scale: float,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """Gradients of the correction; see ``naive.correction_bwd``."""
-    _check_device(q_LHK, gc_LH, state_HKV, do_LHV)
+    check_kernel_device(q_LHK, gc_LH, state_HKV, do_LHV)
     length, heads, head_k = q_LHK.shape
     _check_head_k(head_k)
     head_v = state_HKV.shape[-1]
     q_LHK, state_HKV, do_LHV = q_LHK.contiguous(), state_HKV.contiguous(), do_LHV.contiguous()
     gc_LH = gc_LH.contiguous() if gc_LH is not None else None
     dtype, device = state_HKV.dtype, q_LHK.device
-    dq_LHK = _new_output((length, heads, head_k), dtype, device)
-    dgc_LH = _new_output((length, heads), dtype, device) if gc_LH is not None else None
-    BT, BK, BV = 32, _tile(head_k, MAX_TRITON_HEAD_K), _tile(head_v, 64)
+    dq_LHK = new_output((length, heads, head_k), dtype, device)
+    dgc_LH = new_output((length, heads), dtype, device) if gc_LH is not None else None
+    BT, BK, BV = 32, tile_size(head_k, MAX_TRITON_HEAD_K), tile_size(head_v, 64)
     # Long segments reduce in BL-token slices in parallel, then sum the partial states.
     BL = BT * min(64, triton.cdiv(max(length, 1), BT))
-    partial_SHKV = _new_output((triton.cdiv(max(length, 1), BL), *state_HKV.shape), dtype, device)
+    partial_SHKV = new_output((triton.cdiv(max(length, 1), BL), *state_HKV.shape), dtype, device)
     g_arg = gc_LH if gc_LH is not None else q_LHK
-    precision = _dot_precision(q_LHK.dtype)
+    precision = dot_precision(q_LHK.dtype)
     correction_bwd_kernel_dq[(triton.cdiv(length, BT), heads)](
         q_LHK, g_arg, state_HKV, do_LHV, dq_LHK, dgc_LH if dgc_LH is not None else dq_LHK,
         length, scale, heads, head_k, head_v, BT, BK, BV, gc_LH is not None, precision,

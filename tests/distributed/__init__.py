@@ -1,0 +1,1 @@
+"""Distributed tests: gloo ranks from the shared rank pool (tests/rank_pool.py), no torchrun."""

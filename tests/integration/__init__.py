@@ -1,0 +1,1 @@
+"""Integration tests: torchrun, DeepSpeed, the CLIs as subprocesses, launchers, golden losses, Megatron."""
