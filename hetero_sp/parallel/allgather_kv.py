@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from hetero_sp.ops.backends import varlen_softmax_attention
-from hetero_sp.parallel.collectives import all_gather, check_group, reduce_scatter
+from hetero_sp.parallel.collectives import all_gather, reduce_scatter, softmax_entry
 from hetero_sp.parallel.context import SPContext
 from hetero_sp.parallel.sharding import GroupLayout
 
@@ -142,16 +142,8 @@ def allgather_kv_attention(
     q [T, H, E], k and v [T, G, E] are this rank's shard (``T = layout.tokens_per_rank``,
     padding included). Any head count and group size works.
     """
-    sp = check_group(seqs.sp, q_THE.shape[0], STRATEGY)
-    if k_TGE.shape != v_TGE.shape or k_TGE.shape[0] != q_THE.shape[0]:
-        raise ValueError(f"k {tuple(k_TGE.shape)} and v {tuple(v_TGE.shape)} must match q's tokens")
-    if q_THE.shape[1] % k_TGE.shape[1]:
-        raise ValueError(
-            f"query heads ({q_THE.shape[1]}) must be a multiple of KV heads ({k_TGE.shape[1]})"
-        )
-    if scale is None:
-        scale = q_THE.shape[-1] ** -0.5
-    if not (torch.is_grad_enabled() and any(t.requires_grad for t in (q_THE, k_TGE, v_TGE))):
+    sp, scale, needs_graph = softmax_entry(q_THE, k_TGE, v_TGE, seqs, STRATEGY, scale)
+    if not needs_graph:
         return allgather_kv_forward(
             q_THE, k_TGE, v_TGE, sp, backend=backend, scale=scale, keep_graph=False
         )[0]

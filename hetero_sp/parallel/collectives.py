@@ -41,6 +41,30 @@ def check_group(sp: SPContext | None, num_tokens: int, strategy: str) -> SPConte
     return sp
 
 
+def softmax_entry(
+    q_THE: torch.Tensor,
+    k_TGE: torch.Tensor,
+    v_TGE: torch.Tensor,
+    seqs,
+    strategy: str,
+    scale: float | None,
+) -> tuple[SPContext, float, bool]:
+    """What every softmax strategy checks and resolves first: the group context (see
+    :func:`check_group`), q/k/v shapes that agree, the scale (``E ** -0.5`` by default), and
+    whether autograd needs the strategy's graph (False: run the forward alone)."""
+    sp = check_group(seqs.sp, q_THE.shape[0], strategy)
+    if k_TGE.shape != v_TGE.shape or k_TGE.shape[0] != q_THE.shape[0]:
+        raise ValueError(f"k {tuple(k_TGE.shape)} and v {tuple(v_TGE.shape)} must match q's tokens")
+    if q_THE.shape[1] % k_TGE.shape[1]:
+        raise ValueError(
+            f"query heads ({q_THE.shape[1]}) must be a multiple of KV heads ({k_TGE.shape[1]})"
+        )
+    if scale is None:
+        scale = q_THE.shape[-1] ** -0.5
+    needs_graph = torch.is_grad_enabled() and any(t.requires_grad for t in (q_THE, k_TGE, v_TGE))
+    return sp, scale, needs_graph
+
+
 def all_to_all(
     send: torch.Tensor,
     send_splits: list[int],

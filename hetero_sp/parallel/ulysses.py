@@ -29,7 +29,7 @@ from hetero_sp.core.heads import (
     ulysses_q_ranges,
 )
 from hetero_sp.ops.backends import varlen_softmax_attention
-from hetero_sp.parallel.collectives import all_to_all, check_group
+from hetero_sp.parallel.collectives import all_to_all, softmax_entry
 from hetero_sp.parallel.context import SPContext
 from hetero_sp.parallel.sharding import GroupLayout
 
@@ -216,13 +216,9 @@ def ulysses_attention(
     q [T, H, E], k and v [T, G, E] are this rank's shard (``T = layout.tokens_per_rank``,
     padding included). Needs H divisible by the group size (:func:`ulysses_supported`).
     """
-    sp = check_group(seqs.sp, q_THE.shape[0], STRATEGY)
-    if k_TGE.shape != v_TGE.shape or k_TGE.shape[0] != q_THE.shape[0]:
-        raise ValueError(f"k {tuple(k_TGE.shape)} and v {tuple(v_TGE.shape)} must match q's tokens")
+    sp, scale, needs_graph = softmax_entry(q_THE, k_TGE, v_TGE, seqs, STRATEGY, scale)
     check_ulysses_heads(q_THE.shape[1], k_TGE.shape[1], sp.size)
-    if scale is None:
-        scale = q_THE.shape[-1] ** -0.5
-    if not (torch.is_grad_enabled() and any(t.requires_grad for t in (q_THE, k_TGE, v_TGE))):
+    if not needs_graph:
         return ulysses_forward(
             q_THE, k_TGE, v_TGE, sp, backend=backend, scale=scale, keep_graph=False
         )[0]
