@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shutil
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from records import machine_record
 
 from hetero_sp.config import DataConfig
 from hetero_sp.data.embedded import embedded_dataset, stdlib_source_files
@@ -165,7 +165,7 @@ def main() -> None:
                 f"{r['padding_to_step_max']:15.0%}"
             )
     OUT.parent.mkdir(parents=True, exist_ok=True)
-    machine = f"{platform.processor() or platform.machine()}, {platform.system()}, python {platform.python_version()}"
+    machine = machine_record("one process")
     OUT.write_text(
         json.dumps(
             {"machine": machine, "prepare": prep, "sampling": sampling, "attention": attention},

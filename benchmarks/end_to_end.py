@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import tempfile
 from pathlib import Path
 
 from harness import ROOT, torchrun_train
+from records import machine_record
 
 COMMON = [
     "data.tokens_per_step=16384",
@@ -89,8 +88,7 @@ def main() -> None:
             f"{r['predicted_step_s_mean']:12.2f} {r['measured_makespan_s_mean']:11.2f} {r['predicted_over_measured']:9.2f}"
         )
     out = {
-        "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores, {args.nproc} gloo ranks; load "
-        f"average {' '.join(f'{x:.1f}' for x in os.getloadavg())} at the end",
+        "machine": machine_record(f"{args.nproc} gloo ranks; load average at the end"),
         "config": ["configs/cpu-tiny.toml", *COMMON],
         "steps": args.steps,
         "warmup": args.warmup,

@@ -24,6 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]  # the kernels, and the checks beside us
 from gpu_kernels_checks import CHUNK, load_fla, make_inputs, run_checks  # noqa: E402
+from records import machine_record  # noqa: E402
 
 
 def flops_fwd_bwd(T: int, H: int, K: int, V: int) -> float:
@@ -197,7 +198,8 @@ def main() -> int:
         print("forward+backward, bf16, H=16, K=V=128 (TFLOP/s and GB/s from the formulas above):")
         tokens = [4096, 16384, 65536, 262144, 1048576]
         rows = run_timings(device, tokens, 16, 128, torch.bfloat16)
-    result = {"machine": machine, "torch": torch.__version__, "triton": triton.__version__,
+    record = machine_record("Triton interpreter (dry run)" if args.dry_run else "one GPU")
+    result = {"machine": record,
               "checks": checks, "timings": rows, "seconds": time.perf_counter() - start}  # fmt: skip
     out = args.out or (None if args.dry_run else ROOT / "benchmarks/results/gpu_kernels.json")
     if out is not None:

@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import tempfile
 from pathlib import Path
 
 from harness import ROOT, torchrun_train
+from records import machine_record
 
 RUNS = {
     "zeco, 4 ranks x 262,144 (1M sequence)": (4, ["parallel.linear_sp=zeco"]),
@@ -76,8 +75,7 @@ def main() -> None:
             f"{r['step_s']:8.1f} {r['tokens_per_s']:8.0f}"
         )
     out = {
-        "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores, gloo; load average "
-        f"{' '.join(f'{x:.1f}' for x in os.getloadavg())} at the end",
+        "machine": machine_record("gloo ranks; load average at the end"),
         "steps": args.steps,
         "rows": rows,
         "note": "peak_rss is the process's peak resident set (torch, DeepSpeed and data included), "

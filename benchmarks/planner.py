@@ -23,7 +23,6 @@ import argparse
 import dataclasses
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -31,6 +30,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from records import machine_record  # noqa: E402
 
 from hetero_sp.planner import CostModel, PlanAhead, Planner, PlannerConfig  # noqa: E402
 from hetero_sp.planner.cluster import Link  # noqa: E402
@@ -250,7 +251,7 @@ def main() -> int:
     load_end = os.getloadavg()
     print(f"load average {load_end[0]:.1f} at the end (1-minute; the machine is shared)")
     out = dict(
-        machine=f"{platform.machine()}, {os.cpu_count()} cores",
+        machine=machine_record("one process; load average at the end"),
         load_average_1min=dict(start=load_start[0], end=load_end[0]),
         profile=profile.label,
         model_layers=model.layers,

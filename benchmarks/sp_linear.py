@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -33,6 +32,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from harness import spawn_gloo
+from records import machine_record
 
 from hetero_sp.core.traffic import lasp2_bytes, zeco_link_bytes
 from hetero_sp.model import PackedSeqs
@@ -172,14 +172,11 @@ def main() -> None:
         rows += spawn_gloo(_rows, P, args)
         print(f"P={P} done after {time.perf_counter() - start:.0f} s", flush=True)
     print(_table(rows))
-    machine = {
-        "cpu_cores": os.cpu_count(),
-        "platform": platform.platform(),
-        "torch": torch.__version__,
-        "backend": "gloo (CPU processes on one machine), linear-attention backend torch",
-        "load_avg_1min_start_end": [load_start, os.getloadavg()[0]],
-        "wall_s": time.perf_counter() - start,
-    }
+    machine = machine_record(
+        "gloo (CPU processes on one machine), linear-attention backend torch",
+        load_average_1min_start=load_start,
+        wall_s=time.perf_counter() - start,
+    )
     config = {k: getattr(args, k) for k in ("heads", "head_dim", "layout", "iters")}
     config.update(
         dtype="float32", decay=True, zeco_blocks=NUM_BLOCKS, documents="one over all ranks"

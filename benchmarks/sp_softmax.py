@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from harness import spawn_gloo
+from records import machine_record
 
 from hetero_sp.core.traffic import allgather_kv_bytes, ulysses_bytes
 from hetero_sp.model import PackedSeqs
@@ -117,14 +117,11 @@ def main() -> None:
         rows += spawn_gloo(_rows, P, args)
         print(f"P={P} done after {time.perf_counter() - start:.0f} s", flush=True)
     print(_table(rows))
-    machine = {
-        "cpu_cores": os.cpu_count(),
-        "platform": platform.platform(),
-        "torch": torch.__version__,
-        "backend": "gloo (CPU processes on one machine), softmax backend torch SDPA",
-        "load_avg_1min_start_end": [load_start, os.getloadavg()[0]],
-        "wall_s": time.perf_counter() - start,
-    }
+    machine = machine_record(
+        "gloo (CPU processes on one machine), softmax backend torch SDPA",
+        load_average_1min_start=load_start,
+        wall_s=time.perf_counter() - start,
+    )
     config = {k: getattr(args, k) for k in ("heads", "kv_heads", "head_dim", "iters")}
     config["dtype"] = "float32"
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

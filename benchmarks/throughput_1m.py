@@ -31,9 +31,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))  # records.py, when started by path or -m
 
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
+from records import machine_record  # noqa: E402
 
 from hetero_sp.config import ModelConfig  # noqa: E402
 from hetero_sp.core.flops import device_peak_flops, measure_matmul_flops, training_flops  # noqa: E402
@@ -203,6 +205,7 @@ def main() -> None:
                     f"| {r['context']} | {r['softmax']} | {r['linear']} | {r['step_s']:.3f} | {r['tokens_per_s_per_device']:.0f} | {100 * r['mfu']:.1f}% |"
                 )
         out = {
+            "machine": machine_record(f"{info.world_size} ranks, {dtype}"),
             "model": args.model,
             "devices": info.world_size,
             "device": name,
