@@ -1,8 +1,8 @@
 """LASP-2: linear-attention sequence parallelism with one all-gather of state summaries.
 
-Shape legend: T local tokens, H heads, K key dim, V value dim, P pieces per rank (the most
+Shape legend: T local tokens, H heads, K key dim, V value dim, C pieces per rank (the most
 any rank of the group holds: 1 for the contiguous layout; ranks with fewer send zero rows),
-R ranks of the group, N = R * P rows gathered, E = H * (K * V + 1) elements of one piece's
+P ranks of the group, N = P * C rows gathered, E = H * (K * V + 1) elements of one piece's
 summary. u, b, S_in: see ``linear_pieces``.
 
 Local summary -> one collective -> merge, each a named step:
@@ -44,23 +44,23 @@ _all_gather_into_tensor = getattr(dist, "all_gather_single", dist.all_gather_int
 def gather_summaries(
     own_X: torch.Tensor, table: PieceTable, group: dist.ProcessGroup, direction: str
 ) -> torch.Tensor:
-    """All-gather every rank's [P, X] block (its own pieces' rows, then zero rows up to the
-    group's stride P) into [R * P, X] (rank-major)."""
+    """All-gather every rank's [C, X] block (its own pieces' rows, then zero rows up to the
+    group's stride C) into [P * C, X] (rank-major)."""
     size = dist.get_world_size(group)
-    send_PX = own_X
+    send_CX = own_X
     if own_X.shape[0] < table.stride:
-        send_PX = own_X.new_zeros((table.stride, *own_X.shape[1:]))
-        send_PX[: own_X.shape[0]] = own_X
-    # Concatenated form [R * P, X]: gloo does not take the stacked one.
-    out_NX = send_PX.new_empty((size * send_PX.shape[0], *send_PX.shape[1:]))
-    _all_gather_into_tensor(out_NX, send_PX.contiguous(), group=group)
-    moved = (size - 1) * send_PX.numel() * send_PX.element_size()
+        send_CX = own_X.new_zeros((table.stride, *own_X.shape[1:]))
+        send_CX[: own_X.shape[0]] = own_X
+    # Concatenated form [P * C, X]: gloo does not take the stacked one.
+    out_NX = send_CX.new_empty((size * send_CX.shape[0], *send_CX.shape[1:]))
+    _all_gather_into_tensor(out_NX, send_CX.contiguous(), group=group)
+    moved = (size - 1) * send_CX.numel() * send_CX.element_size()
     COMM.add("lasp2", direction, moved, moved)
     return out_NX
 
 
 def _stream_rows(table: PieceTable) -> list[int]:
-    """Row of every stream piece in the gathered [R * P, ...] buffer."""
+    """Row of every stream piece in the gathered [P * C, ...] buffer."""
     return [rank * table.stride + i for rank, i in table.holders]
 
 
@@ -69,7 +69,7 @@ def _own_rows(table: PieceTable) -> list[int]:
 
 
 def combine_states(gathered_NE, table, state_shape, backend):
-    """Prefix combine in stream order; returns (S_in of the local pieces [P, H, K, V],
+    """Prefix combine in stream order; returns (S_in of the local pieces [C, H, K, V],
     b of every stream piece [N, H])."""
     heads, head_k, head_v = state_shape
     rows_NE = gathered_NE[_stream_rows(table)]
@@ -80,7 +80,7 @@ def combine_states(gathered_NE, table, state_shape, backend):
 
 
 def combine_grads(gathered_NHKV, b_NH, table, backend):
-    """Suffix combine in reverse stream order; returns E of the local pieces [P, H, K, V]."""
+    """Suffix combine in reverse stream order; returns E of the local pieces [C, H, K, V]."""
     d_NHKV = gathered_NHKV[_stream_rows(table)]
     e_NHKV = state_scan(d_NHKV, b_NH, reverse=True, backend=backend)
     return e_NHKV[_own_rows(table)]
@@ -114,20 +114,20 @@ def lasp2_forward(
         len(cu_seqlens) - 1, q_THK.shape[0], q_THK.shape[-1], v_THV.shape[-1]
     )
     o_THV = local.attention(final=from_final)
-    u_PHKV, b_PH = local.summaries(from_final=from_final)
-    send_PE = torch.cat([u_PHKV.flatten(1), b_PH], dim=1)
-    gathered_NE = gather_summaries(send_PE, table, group, "fwd")
-    s_in_PHKV, b_NH = combine_states(gathered_NE, table, u_PHKV.shape[1:], local.merge_backend)
-    return local.corrected(o_THV, s_in_PHKV), (local, s_in_PHKV, b_PH, b_NH, group)
+    u_CHKV, b_CH = local.summaries(from_final=from_final)
+    send_CE = torch.cat([u_CHKV.flatten(1), b_CH], dim=1)
+    gathered_NE = gather_summaries(send_CE, table, group, "fwd")
+    s_in_PHKV, b_NH = combine_states(gathered_NE, table, u_CHKV.shape[1:], local.merge_backend)
+    return local.corrected(o_THV, s_in_PHKV), (local, s_in_PHKV, b_CH, b_NH, group)
 
 
 def lasp2_backward(saved: tuple, do_THV: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
     """Returns (dq, dk, dv, dg) of the local tokens; dg is None when g was None."""
-    local, s_in_PHKV, b_PH, b_NH, group = saved
-    d_PHKV = local.corrections_backward(do_THV)
-    gathered_NHKV = gather_summaries(d_PHKV, local.table, group, "bwd")
-    e_PHKV = combine_grads(gathered_NHKV, b_NH, local.table, local.merge_backend)
-    local.replay(do_THV=do_THV, summary=(e_PHKV, b_PH, s_in_PHKV))
+    local, s_in_PHKV, b_CH, b_NH, group = saved
+    d_CHKV = local.corrections_backward(do_THV)
+    gathered_NHKV = gather_summaries(d_CHKV, local.table, group, "bwd")
+    e_CHKV = combine_grads(gathered_NHKV, b_NH, local.table, local.merge_backend)
+    local.replay(do_THV=do_THV, summary=(e_CHKV, b_CH, s_in_PHKV))
     return local.input_grads()
 
 
@@ -137,13 +137,13 @@ class _LASP2(torch.autograd.Function):
     ================  =====================  ==================================================
     tensor            local shape            meaning
     ================  =====================  ==================================================
-    q, k              [T, H, K]              this rank's tokens (T = stream / R)
+    q, k              [T, H, K]              this rank's tokens (T = stream / P)
     v                 [T, H, V]
     g                 [T, H] or None         log-decay per token and head
-    send (fwd)        [P, H*(K*V + 1)]       u_p (flattened) and b_p of the local pieces
-    gathered (fwd)    [R*P, H*(K*V + 1)]     every piece's (u, b), rank-major; the all-gather
-    send (bwd)        [P, H, K, V]           d_p = dL/dS_in(p) from the local corrections
-    gathered (bwd)    [R*P, H, K, V]         every piece's d_p, rank-major; the all-gather
+    send (fwd)        [C, H*(K*V + 1)]       u_p (flattened) and b_p of the local pieces
+    gathered (fwd)    [P*C, H*(K*V + 1)]     every piece's (u, b), rank-major; the all-gather
+    send (bwd)        [C, H, K, V]           d_p = dL/dS_in(p) from the local corrections
+    gathered (bwd)    [P*C, H, K, V]         every piece's d_p, rank-major; the all-gather
     o                 [T, H, V]
     ================  =====================  ==================================================
 

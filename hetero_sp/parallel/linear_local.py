@@ -1,6 +1,6 @@
 """The rank-local half of a linear-attention SP layer, shared by LASP-2 and ZeCO.
 
-Shape legend: T local tokens, H heads, K key dim, V value dim, P this rank's pieces, L tokens
+Shape legend: P ranks, T local tokens, H heads, K key dim, V value dim, C this rank's pieces, L tokens
 of one segment. Pieces, u, b and S_in are defined in ``linear_pieces``.
 
 Three local parts surround a strategy's communication: the summaries (u, b), the local
@@ -84,13 +84,13 @@ class LocalWork:
     # ---- summaries: u_p (the state of a carrying last segment) and b_p ----------------------
 
     def summaries(self, from_final: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """(u [P, H, K, V], b [P, H]) in the wire dtype, detached. ``from_final`` takes the
+        """(u [C, H, K, V], b [C, H]) in the wire dtype, detached. ``from_final`` takes the
         states from ``attention(final=True)``; otherwise they are computed here."""
         _, k_THK, v_THV, g_TH = self.inputs
         heads, head_k, head_v = k_THK.shape[1], k_THK.shape[2], v_THV.shape[2]
         wire = self.wire_dtype
-        u_PHKV = k_THK.new_zeros((self.table.num_pieces, heads, head_k, head_v), dtype=wire)
-        b_PH = k_THK.new_zeros((self.table.num_pieces, heads), dtype=wire)
+        u_CHKV = k_THK.new_zeros((self.table.num_pieces, heads, head_k, head_v), dtype=wire)
+        b_CH = k_THK.new_zeros((self.table.num_pieces, heads), dtype=wire)
         with self._recording():
             for i, piece in enumerate(self.table.pieces):
                 if not piece.carries:
@@ -111,20 +111,20 @@ class LocalWork:
                     k_LHK = k_THK[lo:hi].to(wire) * (decay_H[None, :] - gc_LH).exp()[..., None]
                     state_HKV = torch.einsum("lhk,lhv->hkv", k_LHK, v_THV[lo:hi].to(wire))
                 self._summary.append((i, state_HKV, decay_H))
-                u_PHKV[i] = state_HKV.detach()
+                u_CHKV[i] = state_HKV.detach()
                 if piece.passes:
-                    b_PH[i] = decay_H.detach().exp()
-        return u_PHKV, b_PH
+                    b_CH[i] = decay_H.detach().exp()
+        return u_CHKV, b_CH
 
-    def _summary_grads(self, e_PHKV, b_PH, s_in_PHKV):
+    def _summary_grads(self, e_CHKV, b_CH, s_in_PHKV):
         """dL/du_p = E_p and dL/dG_p = b_p <E_p, S_in(p)>, with E_p = dL/dS_in(p + 1)."""
         outputs, grads = [], []
         for i, state_HKV, decay_H in self._summary:
             outputs.append(state_HKV)
-            grads.append(e_PHKV[i].to(state_HKV.dtype))
+            grads.append(e_CHKV[i].to(state_HKV.dtype))
             if decay_H.requires_grad:
                 outputs.append(decay_H)
-                grads.append(b_PH[i] * (e_PHKV[i] * s_in_PHKV[i]).sum((-2, -1)))
+                grads.append(b_CH[i] * (e_CHKV[i] * s_in_PHKV[i]).sum((-2, -1)))
         self._summary = []
         return outputs, grads
 
@@ -163,18 +163,18 @@ class LocalWork:
         return o_THV
 
     def corrections_backward(self, do_THV: torch.Tensor) -> torch.Tensor:
-        """Accumulates dq and dg of the corrections; returns dL/dS_in [P, H, K, V] (the part
+        """Accumulates dq and dg of the corrections; returns dL/dS_in [C, H, K, V] (the part
         of it this rank's own tokens cause)."""
         q_THK, g_TH = self.inputs[0].detach(), self.inputs[3]
         s_in_PHKV = self._s_in_PHKV
-        d_PHKV = torch.zeros_like(s_in_PHKV)
+        d_CHKV = torch.zeros_like(s_in_PHKV)
         dq_THK = torch.zeros_like(q_THK, dtype=self.wire_dtype)
         dg_TH = None if g_TH is None else torch.zeros_like(g_TH, dtype=self.wire_dtype)
         for i, piece in enumerate(self.table.pieces):
             if not piece.starts:
                 continue
             lo, hi = piece.first
-            dq_LHK, dgc_LH, d_PHKV[i] = correction_bwd(
+            dq_LHK, dgc_LH, d_CHKV[i] = correction_bwd(
                 q_THK[lo:hi].to(self.wire_dtype),
                 self._gc(lo, hi),
                 s_in_PHKV[i],
@@ -186,7 +186,7 @@ class LocalWork:
             if dgc_LH is not None:
                 dg_TH[lo:hi] = _reverse_cumsum(dgc_LH)
         self._accumulate((dq_THK, None, None, dg_TH))
-        return d_PHKV
+        return d_CHKV
 
     # ---- gradients --------------------------------------------------------------------------
 
@@ -196,7 +196,7 @@ class LocalWork:
         summary: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
     ) -> None:
         """Back-propagate the local attention (given dL/do) and/or the summaries (given
-        ``(E [P, H, K, V], b [P, H], S_in [P, H, K, V])``) in one pass into the inputs."""
+        ``(E [C, H, K, V], b [C, H], S_in [C, H, K, V])``) in one pass into the inputs."""
         outputs, grads = [], []
         if do_THV is not None:
             outputs.append(self._o_THV)

@@ -1,6 +1,6 @@
 """ZeCO All-Scan: linear-attention sequence parallelism with a pipelined point-to-point scan.
 
-Shape legend: T local tokens, H heads, K key dim, V value dim, P this rank's pieces (1 for the
+Shape legend: P ranks, T local tokens, H heads, K key dim, V value dim, C this rank's pieces (1 for the
 contiguous layout), B blocks of the K rows of a state. u, b, S_in: see
 ``linear_pieces``. States travel as [K, H, V] so that a block of K rows is contiguous.
 
@@ -9,9 +9,9 @@ soon as block j of S_in(p) arrives, the holder of p computes block j of
 ``S_in(p + 1) = u_p + b_p S_in(p)`` and sends it on, so a chain of n pieces costs one state
 plus n - 1 blocks of latency instead of n states. A piece that does not pass its incoming
 state through (b_p = 0) sends u_p at once without waiting. Each link carries one state.
-The chain follows the stream: over a long document of the head-tail layout it runs 0 -> R-1
-over the head chunks, on through rank R-1 (which holds both middle chunks as one piece), and
-comes back R-1 -> 0 over the tails.
+The chain follows the stream: over a long document of the head-tail layout it runs 0 -> P-1
+over the head chunks, on through rank P-1 (which holds both middle chunks as one piece), and
+comes back P-1 -> 0 over the tails.
 
 The scan runs beside the local attention: in a helper thread on CPU (gloo's isend/irecv), on
 a side stream on CUDA. The backward runs the mirror scan of dL/dS_in in reverse stream order
@@ -86,7 +86,7 @@ class _Background:
         return self._result
 
 
-def _scan(table, own_KHV, b_PH, into_PKHV, out_PKHV, group, num_blocks, backward):
+def _scan(table, own_KHV, b_CH, into_CKHV, out_CKHV, group, num_blocks, backward):
     """One direction of the All-Scan; returns (bytes sent, bytes received).
 
     Forward: ``into`` = S_in(p) (filled here), ``own`` = u_p, ``out`` = S_in(p + 1) sent to
@@ -106,10 +106,10 @@ def _scan(table, own_KHV, b_PH, into_PKHV, out_PKHV, group, num_blocks, backward
         src = table.holder(piece.stream_index - step)
         dst = table.holder(piece.stream_index + step)
         through = piece.passes and piece.carries
-        b_1H1 = b_PH[i][None, :, None]
+        b_1H1 = b_CH[i][None, :, None]
         for j, (lo, hi) in enumerate(blocks):
             if src is not None and src[0] != rank:
-                buf = into_PKHV[i, lo:hi]
+                buf = into_CKHV[i, lo:hi]
                 tag = _tag(piece.stream_index - step, j, num_blocks, backward)
                 recv = dist.irecv(buf, dist.get_global_rank(group, src[0]), group, tag)
                 received += buf.numel() * buf.element_size()
@@ -118,15 +118,15 @@ def _scan(table, own_KHV, b_PH, into_PKHV, out_PKHV, group, num_blocks, backward
                 else:
                     pending.append(recv)
             if through:
-                torch.add(own_KHV[i, lo:hi], b_1H1 * into_PKHV[i, lo:hi], out=out_PKHV[i, lo:hi])
+                torch.add(own_KHV[i, lo:hi], b_1H1 * into_CKHV[i, lo:hi], out=out_CKHV[i, lo:hi])
             else:
-                out_PKHV[i, lo:hi] = own_KHV[i, lo:hi]
+                out_CKHV[i, lo:hi] = own_KHV[i, lo:hi]
             if dst is None:
                 continue
             if dst[0] == rank:
-                into_PKHV[dst[1], lo:hi] = out_PKHV[i, lo:hi]
+                into_CKHV[dst[1], lo:hi] = out_CKHV[i, lo:hi]
             else:
-                buf = out_PKHV[i, lo:hi]
+                buf = out_CKHV[i, lo:hi]
                 tag = _tag(piece.stream_index, j, num_blocks, backward)
                 pending.append(dist.isend(buf, dist.get_global_rank(group, dst[0]), group, tag))
                 sent += buf.numel() * buf.element_size()
@@ -135,17 +135,17 @@ def _scan(table, own_KHV, b_PH, into_PKHV, out_PKHV, group, num_blocks, backward
     return sent, received
 
 
-def start_scan(table, own_PHKV, b_PH, group, num_blocks, backward):
-    """Start the scan in the background; returns (job, into [P, K, H, V])."""
-    own_PKHV = own_PHKV.transpose(1, 2).contiguous()
-    into_PKHV = torch.zeros_like(own_PKHV)
-    out_PKHV = torch.empty_like(own_PKHV)
+def start_scan(table, own_CHKV, b_CH, group, num_blocks, backward):
+    """Start the scan in the background; returns (job, into [C, K, H, V])."""
+    own_CKHV = own_CHKV.transpose(1, 2).contiguous()
+    into_CKHV = torch.zeros_like(own_CKHV)
+    out_CKHV = torch.empty_like(own_CKHV)
     job = _Background(
-        lambda: _scan(table, own_PKHV, b_PH, into_PKHV, out_PKHV, group, num_blocks, backward),
-        own_PHKV.device,
-        keep=(own_PKHV, out_PKHV, b_PH),
+        lambda: _scan(table, own_CKHV, b_CH, into_CKHV, out_CKHV, group, num_blocks, backward),
+        own_CHKV.device,
+        keep=(own_CKHV, out_CKHV, b_CH),
     )
-    return job, into_PKHV
+    return job, into_CKHV
 
 
 def zeco_forward(
@@ -166,22 +166,22 @@ def zeco_forward(
     local = LocalWork(
         q_THK, k_THK, v_THV, g_TH, cu_seqlens, table, scale=scale, backend=backend, record=record
     )
-    u_PHKV, b_PH = local.summaries()
-    job, s_in_PKHV = start_scan(table, u_PHKV, b_PH, group, num_blocks, backward=False)
+    u_CHKV, b_CH = local.summaries()
+    job, s_in_PKHV = start_scan(table, u_CHKV, b_CH, group, num_blocks, backward=False)
     o_THV = local.attention()
     COMM.add("zeco", "fwd", *job.result())
     s_in_PHKV = s_in_PKHV.transpose(1, 2)
-    return local.corrected(o_THV, s_in_PHKV), (local, s_in_PHKV, b_PH, group, num_blocks)
+    return local.corrected(o_THV, s_in_PHKV), (local, s_in_PHKV, b_CH, group, num_blocks)
 
 
 def zeco_backward(saved: tuple, do_THV: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
     """Returns (dq, dk, dv, dg) of the local tokens; dg is None when g was None."""
-    local, s_in_PHKV, b_PH, group, num_blocks = saved
-    d_PHKV = local.corrections_backward(do_THV)
-    job, e_PKHV = start_scan(local.table, d_PHKV, b_PH, group, num_blocks, backward=True)
+    local, s_in_PHKV, b_CH, group, num_blocks = saved
+    d_CHKV = local.corrections_backward(do_THV)
+    job, e_CKHV = start_scan(local.table, d_CHKV, b_CH, group, num_blocks, backward=True)
     local.replay(do_THV=do_THV)
     COMM.add("zeco", "bwd", *job.result())
-    local.replay(summary=(e_PKHV.transpose(1, 2), b_PH, s_in_PHKV))
+    local.replay(summary=(e_CKHV.transpose(1, 2), b_CH, s_in_PHKV))
     return local.input_grads()
 
 
@@ -191,7 +191,7 @@ class _ZeCO(torch.autograd.Function):
     ================  =====================  ==================================================
     tensor            local shape            meaning
     ================  =====================  ==================================================
-    q, k              [T, H, K]              this rank's tokens (T = stream / R)
+    q, k              [T, H, K]              this rank's tokens (T = stream / P)
     v                 [T, H, V]
     g                 [T, H] or None         log-decay per token and head
     recv (fwd)        [K/B, H, V] x B        blocks of S_in(p) from the holder of p - 1
