@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 
 from hetero_sp.config import Config
+from hetero_sp.core.errors import UserError
 from hetero_sp.parallel.groups import pool_blocks
 
 
@@ -58,7 +59,7 @@ def describe_topology(
     """One line: ``8 ranks = 2 nodes x 4 processes; backend nccl on NVIDIA H100; ...`` (the
     backend part only when ``backend`` is given: a dry run starts none)."""
     if nodes * per_node != world_size:
-        raise ValueError(
+        raise UserError(
             f"{nodes} nodes x {per_node} processes is not the world size {world_size}; "
             "launch the same number of processes on every node"
         )

@@ -29,6 +29,7 @@ from megatron.core.transformer.spec_utils import ModuleSpec
 from megatron.core.transformer.transformer_block import TransformerBlockSubmodules
 
 from hetero_sp.config import DataConfig
+from hetero_sp.core.errors import UserError
 from hetero_sp.integrations.megatron_attention import (
     HeteroLinearSelfAttention,
     HeteroSoftmaxCoreAttention,
@@ -72,7 +73,7 @@ def hybrid_layer_specs(
     """
     bad = sorted(set(pattern) - {"L", "S"})
     if not pattern or bad:
-        raise ValueError(
+        raise UserError(
             f"layer pattern {pattern!r} must be a non-empty string of L (linear attention) and "
             "S (softmax attention)"
         )
@@ -119,7 +120,7 @@ def hybrid_block_spec(
     are those of :func:`hybrid_layer_specs`.
     """
     if len(pattern) != config.num_layers:
-        raise ValueError(
+        raise UserError(
             f"layer pattern {pattern!r} has {len(pattern)} letters for "
             f"num_layers={config.num_layers}; give one letter per layer"
         )
@@ -193,7 +194,7 @@ def dd_datasets_provider(
     iterator (validation and test: none). ``corpus`` defaults to the one ``data`` names;
     ``start_step`` may be a callable read when Megatron calls the provider (after a checkpoint
     is loaded, e.g. ``lambda: get_args().iteration``)."""
-    from hetero_sp.data.dataset import open_corpus
+    from hetero_sp.data.open_corpus import open_corpus
     from hetero_sp.data.samplers import build_sampler
 
     def provider(train_val_test_num_samples=None, vp_stage=None):

@@ -24,6 +24,7 @@ from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinea
 from megatron.core.transformer.enums import AttnMaskType
 from megatron.core.transformer.module import MegatronModule
 
+from hetero_sp.core.errors import UserError
 from hetero_sp.integrations.megatron_compat import group_of
 from hetero_sp.integrations.megatron_layout import cp_packed_seqs
 from hetero_sp.model.attention import linear_attention_inputs
@@ -59,7 +60,7 @@ def _shard_seqs(
     """This rank's documents: the THD batch's padded documents, or ``rows`` rows of equal length."""
     if getattr(packed_seq_params, "cp_group", None) not in (None, cp_group):
         # Megatron's own RoPE in S layers shards by the layer's CP group, not this one.
-        raise ValueError(
+        raise UserError(
             "packed_seq_params.cp_group (hybrid context parallelism) is not supported; leave it "
             "None so every layer uses Megatron's context-parallel group"
         )
@@ -67,7 +68,7 @@ def _shard_seqs(
     if _is_thd(packed_seq_params):
         lengths = _doc_lengths(packed_seq_params)
         if sum(lengths) != num_local * cp_size:
-            raise ValueError(
+            raise UserError(
                 f"packed_seq_params describes {sum(lengths)} tokens but the {cp_size} CP ranks "
                 f"hold {num_local * cp_size}; cu_seqlens_q(_padded) must be the global "
                 "(unsharded) offsets of the padded documents"
@@ -90,7 +91,7 @@ def _from_tokens(x_TX: torch.Tensor, rows: int) -> torch.Tensor:
 def _check_no_dropout(config, attention_dropout: float | None) -> None:
     p = config.attention_dropout if attention_dropout is None else attention_dropout
     if p:
-        raise ValueError(
+        raise UserError(
             f"HeteroSP attention has no attention dropout; set attention_dropout=0 (got {p})"
         )
 
@@ -122,7 +123,7 @@ class HeteroSoftmaxCoreAttention(MegatronModule):
             softmax_strategy(strategy)  # an unknown name fails here, not in the first step
         _check_no_dropout(config, attention_dropout)
         if attn_mask_type not in CAUSAL_MASKS:
-            raise ValueError(f"HeteroSP attention is causal; got attn_mask_type={attn_mask_type}")
+            raise UserError(f"HeteroSP attention is causal; got attn_mask_type={attn_mask_type}")
         self.layer_number, self.attn_mask_type = layer_number, attn_mask_type
         self.strategy, self.backend = strategy, backend
         self.softmax_scale = softmax_scale
@@ -142,9 +143,9 @@ class HeteroSoftmaxCoreAttention(MegatronModule):
         # attention_mask is ignored as Transformer Engine ignores it for causal masks: documents
         # come from packed_seq_params (THD) or are the batch rows.
         if (attn_mask_type or self.attn_mask_type) not in CAUSAL_MASKS:
-            raise ValueError(f"HeteroSP attention is causal; got attn_mask_type={attn_mask_type}")
+            raise UserError(f"HeteroSP attention is causal; got attn_mask_type={attn_mask_type}")
         if attention_bias is not None:
-            raise ValueError("HeteroSP attention takes no attention_bias")
+            raise UserError("HeteroSP attention takes no attention_bias")
         thd = _is_thd(packed_seq_params)
         rows = 1 if thd else query.shape[1]
         q_THE, k_TGE, v_TGE = (x if thd else _to_tokens(x) for x in (query, key, value))
@@ -190,12 +191,12 @@ class HeteroLinearSelfAttention(MegatronModule):
         if config.context_parallel_size > 1:
             linear_strategy(strategy)  # an unknown name fails here, not in the first step
         if group_of(pg_collection, "tp").size() != 1:
-            raise ValueError(
+            raise UserError(
                 "HeteroSP's linear-attention layer needs tensor_model_parallel_size=1; use "
                 "context parallelism (and data parallelism) to scale it"
             )
         if decay_normalizer <= 0:
-            raise ValueError(f"decay_normalizer must be positive, got {decay_normalizer}")
+            raise UserError(f"decay_normalizer must be positive, got {decay_normalizer}")
         self.layer_number, self.strategy, self.backend = layer_number, strategy, backend
         self.decay_normalizer = decay_normalizer
         self.num_heads, self.head_dim = config.num_attention_heads, config.kv_channels
@@ -234,7 +235,7 @@ class HeteroLinearSelfAttention(MegatronModule):
         **_unused,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         if key_value_states is not None or inference_context is not None:
-            raise ValueError("HeteroLinearSelfAttention supports self-attention training only")
+            raise UserError("HeteroLinearSelfAttention supports self-attention training only")
         rows = hidden_states.shape[1]
         qkv_TX = _to_tokens(self.linear_qkv(hidden_states)[0])
         T = qkv_TX.shape[0]

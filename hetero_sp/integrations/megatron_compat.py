@@ -26,6 +26,8 @@ from collections.abc import Iterator
 
 import torch
 
+from hetero_sp.core.errors import UserError
+
 try:
     from megatron.core import parallel_state
     from megatron.core.models.common.embeddings import rotary_pos_embedding
@@ -72,7 +74,7 @@ def group_of(pg_collection, name: str):
 def local_layer_range(config, vp_stage: int | None = None) -> range:
     """Indices (0-based, whole model) of the decoder layers this pipeline stage builds."""
     if getattr(config, "pipeline_model_parallel_layout", None) is not None:
-        raise ValueError(
+        raise UserError(
             "hybrid_block_spec does not support pipeline_model_parallel_layout; split layers "
             "evenly over pipeline stages (or by num_layers_in_first/last_pipeline_stage)"
         )

@@ -33,6 +33,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 
+from hetero_sp.core.errors import UserError
 from hetero_sp.data.batch import balance_over_ranks
 from hetero_sp.data.samplers import EpochSampler
 from hetero_sp.integrations.megatron_layout import padded_length
@@ -91,11 +92,11 @@ class DecomposedBatches:
         pad_id: int = 0,
     ) -> None:
         if dp_size < 1 or not 0 <= dp_rank < dp_size:
-            raise ValueError(f"data-parallel rank {dp_rank} is outside a world of {dp_size}")
+            raise UserError(f"data-parallel rank {dp_rank} is outside a world of {dp_size}")
         if num_microbatches < 1:
-            raise ValueError(f"num_microbatches must be >= 1, got {num_microbatches}")
+            raise UserError(f"num_microbatches must be >= 1, got {num_microbatches}")
         if start_step < 0:
-            raise ValueError(f"start_step must be >= 0, got {start_step}")
+            raise UserError(f"start_step must be >= 0, got {start_step}")
         self.sampler, self.pad_id = sampler, pad_id
         self.dp_rank, self.dp_size = dp_rank, dp_size
         self.num_microbatches, self.cp_size = num_microbatches, cp_size
@@ -131,5 +132,5 @@ class DecomposedBatches:
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         if not 0 <= state["micro"] < self.num_microbatches or state["step"] < 0:
-            raise ValueError(f"cursor {state} does not fit {self.num_microbatches} micro-batches")
+            raise UserError(f"cursor {state} does not fit {self.num_microbatches} micro-batches")
         self.step, self.micro = state["step"], state["micro"]

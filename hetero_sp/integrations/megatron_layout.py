@@ -26,6 +26,7 @@ from collections.abc import Sequence
 import torch
 import torch.distributed as dist
 
+from hetero_sp.core.errors import UserError
 from hetero_sp.parallel import GroupLayout, SPContext, make_layout
 from hetero_sp.parallel.packed import PackedSeqs
 
@@ -74,14 +75,14 @@ def cp_layout(doc_lengths: Sequence[int], cp_size: int) -> GroupLayout:
     if cp_size > 1:
         bad = [i for i, n in enumerate(lengths) if n <= 0 or n % (2 * cp_size)]
         if bad:
-            raise ValueError(
+            raise UserError(
                 f"document {bad[0]} has length {lengths[bad[0]]}; with context-parallel size "
                 f"{cp_size} every document must be padded to a positive multiple of "
                 f"{2 * cp_size} (PackedSeqParams.cu_seqlens_q_padded; the HeteroSP data "
                 "provider pads this way)"
             )
     elif any(n <= 0 for n in lengths):
-        raise ValueError(f"document lengths must be >= 1, got {lengths}")
+        raise UserError(f"document lengths must be >= 1, got {lengths}")
     return _cp_layout(lengths, cp_size)
 
 

@@ -24,6 +24,7 @@ from types import MappingProxyType
 
 import torch.distributed as dist
 
+from hetero_sp.core.errors import UserError
 from hetero_sp.parallel.context import SPContext
 from hetero_sp.parallel.sharding import GroupLayout
 
@@ -49,7 +50,7 @@ def pool_blocks(world_size: int, node_size: int | None = None) -> tuple[tuple[in
         blocks = _aligned(0, world_size, 1)
     else:
         if node_size < 1 or world_size % node_size:
-            raise ValueError(
+            raise UserError(
                 f"node size must be >= 1 and divide the world size {world_size}, got {node_size}"
             )
         blocks = [b for n in range(0, world_size, node_size) for b in _aligned(n, node_size, 1)]
