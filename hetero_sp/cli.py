@@ -3,6 +3,7 @@
     hetero-sp config [--config FILE] [section.key=value ...]   print the resolved config
     hetero-sp config --reference                                 every key with its meaning
     hetero-sp prepare INPUT... --out DIR                         tokenize a corpus for training
+    hetero-sp verify DIR                                         check a prepared dataset's files
     hetero-sp profile --out FILE [--config FILE]                 measure the planner's costs
     hetero-sp plot RUN_DIR [--steps N,M]                          curves and plan Gantt charts
 
@@ -13,11 +14,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 import typing
 
-from hetero_sp.config import SECTIONS, ConfigError, field_docs, load_config
-from hetero_sp.data.cli import add_prepare_parser
+from hetero_sp.config import SECTIONS, field_docs, load_config
+from hetero_sp.core.errors import EXIT_USER_ERROR, UserError
+from hetero_sp.data.cli import add_prepare_parser, add_verify_parser
 from hetero_sp.engine.plots import add_plot_parser
 from hetero_sp.profiling.cli import add_profile_parser
 
@@ -35,7 +38,7 @@ def _toml_value(value) -> str:
 REFERENCE_INTRO = """\
 Generated from the config dataclasses in `hetero_sp/config.py` by
 `hetero-sp config --reference > docs/config.md`: edit the field docstrings there, then
-regenerate (`tests/test_docs.py` fails while this page is out of date).
+regenerate (`tests/unit/test_docs.py` fails while this page is out of date).
 
 A config file has one TOML table per section; keys it leaves out keep their defaults. Any key
 can be overridden after the config file as `section.key=value`, parsed as TOML (a value that is
@@ -101,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hetero-sp", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command")
     p = sub.add_parser("config", help="print the resolved config, or the reference of every key")
     p.add_argument("--config", help="TOML config file")
     p.add_argument(
@@ -110,16 +113,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="section.key=value")
     p.set_defaults(func=_cmd_config)
     add_prepare_parser(sub)
+    add_verify_parser(sub)
     add_profile_parser(sub)
     add_plot_parser(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        # A missing command is bad usage (argparse's status 2), answered with the whole help.
+        parser.print_help(sys.stderr)
+        return EXIT_USER_ERROR
     try:
-        return args.func(args)
-    except (ConfigError, ValueError, OSError) as err:
+        status = args.func(args)
+        sys.stdout.flush()  # a closed pipe fails here, where it is caught, not at exit
+        return status
+    except BrokenPipeError:
+        # The reader stopped early (`| head -1`) and had what it wanted. Output still buffered
+        # would fail again when Python flushes stdout at exit: send it nowhere.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except (UserError, OSError) as err:
         # Bad input (config, files, plans): the message says what to change, no traceback.
         print(f"error: {err}", file=sys.stderr)
         return 2

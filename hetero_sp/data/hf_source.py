@@ -42,7 +42,13 @@ class HFDiskSource(Source):
 
     def key(self) -> dict:
         files = [stat_entry(p) for p in self._files()]
-        return {"kind": self.kind, "field": self.field, "split": self.split, "files": files}
+        return {
+            "kind": self.kind,
+            "path": str(self.path),
+            "field": self.field,
+            "split": self.split,
+            "files": files,
+        }
 
     def size(self) -> int:
         return sum(f.get("bytes", 0) for f in self.key()["files"])

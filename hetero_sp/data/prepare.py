@@ -30,7 +30,7 @@ import numpy as np
 from tqdm import tqdm
 
 from hetero_sp.core.errors import UserError
-from hetero_sp.data.sources import CORRUPT, EMPTY, TOO_SHORT, Source
+from hetero_sp.data.sources import CORRUPT, EMPTY, EMPTY_FILE, TOO_SHORT, Source
 from hetero_sp.data.tokenizer import ByteTokenizer, HFTokenizer, token_dtype
 
 FORMAT, VERSION = "hetero_sp.dataset", 1
@@ -87,6 +87,14 @@ def _fresh_state(params: dict) -> dict:
     }
 
 
+def _with_path(key: dict) -> dict:
+    """A source key with its ``path``. Earlier progress files recorded a ``datasets`` folder by
+    its files only; the folder is their common parent (``save_to_disk`` writes at its top)."""
+    if "path" in key or not key.get("files"):
+        return key
+    return {**key, "path": os.path.commonpath([f["path"] for f in key["files"]])}
+
+
 def _resumable(old: dict, params: dict) -> str | None:
     """Why an unfinished run cannot be resumed with these params, or None."""
     if old.get("version") != VERSION:
@@ -94,7 +102,7 @@ def _resumable(old: dict, params: dict) -> str | None:
     for key in ("tokenizer", "dtype", "shard_tokens"):
         if old["params"][key] != params[key]:
             return f"its {key} was {old['params'][key]!r}, now {params[key]!r}"
-    before, now = old["params"]["sources"], params["sources"]
+    before, now = [_with_path(s) for s in old["params"]["sources"]], params["sources"]
     if [(s["kind"], s["path"]) for s in before] != [(s["kind"], s["path"]) for s in now]:
         return "its list of inputs was different"
     src, rec = old["next"]
@@ -145,7 +153,7 @@ class _Run:
         self.source_index = 0
 
     def problem(self, src: Source, number: int, reason: str, message: str) -> None:
-        if self.on_error == "stop":
+        if self.on_error == "stop" and reason != EMPTY_FILE:
             raise PrepareError(
                 f"{src.path}, record {number}: {message} [{reason}]. Fix the input, or rerun with "
                 "--on-error skip to skip and count such records; a rerun resumes after the last "
@@ -246,10 +254,16 @@ def prepare(
     return summary(manifest, out, resumed)
 
 
+def fingerprint(dtype: str, tokenizer: dict, shards: list[dict]) -> str:
+    """The manifest's ``fingerprint``: sha256 of the dtype, the tokenizer and every shard entry
+    (each with the sha256 of its tokens and offsets)."""
+    identity = {"dtype": dtype, "tokenizer": tokenizer, "shards": shards}
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+
+
 def _manifest(state: dict) -> dict:
     shards = state["shards"]
     identity = {"dtype": state["params"]["dtype"], "tokenizer": state["params"]["tokenizer"]}
-    h = hashlib.sha256(json.dumps({**identity, "shards": shards}, sort_keys=True).encode())
     return {
         "format": FORMAT,
         "version": VERSION,
@@ -263,7 +277,7 @@ def _manifest(state: dict) -> dict:
         "shards": shards,
         "skipped": state["skipped"],
         "skipped_examples": state["skipped_examples"],
-        "fingerprint": h.hexdigest(),
+        "fingerprint": fingerprint(identity["dtype"], identity["tokenizer"], shards),
     }
 
 

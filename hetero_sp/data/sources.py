@@ -18,6 +18,9 @@ from pathlib import Path
 
 UNREADABLE, CORRUPT, MISSING = "unreadable_file", "corrupt_record", "missing_field"
 EMPTY, TOO_SHORT = "empty_document", "too_short"
+EMPTY_FILE = "empty_file"
+"""A file with no content: skipped and counted whatever ``--on-error`` says (it holds no record
+to lose, and folders of text files often hold a few)."""
 
 
 @dataclass(frozen=True)
@@ -80,11 +83,22 @@ class Source(ABC):
     def records(self, after: int = 0) -> Iterator[Record]:
         """The records numbered above ``after``."""
 
+    def _empty_file(self, after: int) -> Record | None:
+        """The one record of a 0-byte file (an unreadable file is reported when it is read)."""
+        try:
+            empty = self.path.stat().st_size == 0
+        except OSError:
+            return None
+        return Record(1, None, (EMPTY_FILE, "is an empty file")) if empty and after == 0 else None
+
 
 class JsonlSource(Source):
     kind = "jsonl"
 
     def records(self, after: int = 0) -> Iterator[Record]:
+        if (empty := self._empty_file(after)) is not None:
+            yield empty
+            return
         number = after
         try:
             with open(self.path, "rb") as f:
@@ -131,6 +145,9 @@ class ParquetSource(Source):
             import pyarrow.parquet as pq
         except ImportError as err:
             raise ImportError("parquet input needs pyarrow: pip install 'hetero-sp[data]'") from err
+        if (empty := self._empty_file(after)) is not None:
+            yield empty
+            return
         try:
             pf = pq.ParquetFile(self.path)
             meta = pf.metadata
@@ -176,5 +193,8 @@ class TextSource(Source):
             data = self.path.read_bytes()
         except OSError as err:
             yield Record(1, None, (UNREADABLE, f"cannot be read: {err}"))
+            return
+        if not data.strip():
+            yield Record(1, None, (EMPTY_FILE, "is empty or only whitespace"), len(data))
             return
         yield Record(1, data, None, len(data))

@@ -170,9 +170,9 @@ def test_checks_catch_what_they_are_for():
         "Set train.stepz=20 and `data.max_seq_len=512`; see data.md, hetero_sp.train and model.pt."
     )
     assert _command_problems(text) == [
-        "`hetero-sp profil`: no such subcommand (config, prepare, profile, plot)",
+        "`hetero-sp profil`: no such subcommand (config, prepare, verify, profile, plot)",
         "`hetero-sp plot --bad`: no such option",
-        "`hetero-sp confg`: no such subcommand (config, prepare, profile, plot)",
+        "`hetero-sp confg`: no such subcommand (config, prepare, verify, profile, plot)",
         "`hetero-sp prepare --nope`: no such option",
     ]
     assert _key_problems(text) == ["train.stepz"]
