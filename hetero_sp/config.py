@@ -312,7 +312,7 @@ class TrainConfig:
     seed: int = 0
     """Seed of the model initialisation."""
     out_dir: str = "runs/cpu-tiny"
-    """Run folder: metrics.jsonl, tensorboard events, checkpoints."""
+    """Run folder (not empty): metrics.jsonl, tensorboard events, checkpoints."""
     log_every: int = 1
     """Write metrics every this many steps."""
     ckpt_every: int = 50
@@ -320,7 +320,14 @@ class TrainConfig:
     keep_checkpoints: int = 2
     """Newest checkpoints to keep on disk."""
     resume: bool = True
-    """Continue from the newest good checkpoint in out_dir when there is one."""
+    """Continue from the newest good checkpoint in out_dir when there is one (an error when
+    every checkpoint there is broken); false: start over, moving an earlier run's files into
+    out_dir/earlier_run_N."""
+    ckpt_on_signal: bool = True
+    """On SIGINT (Ctrl-C) or SIGTERM (SLURM's notice before a kill) every rank stops after the
+    step it is in; true saves that step's checkpoint first, so the same command resumes there
+    (a save cut short by the kill leaves the older checkpoints as they were); false stops
+    without one, losing the steps since the last checkpoint."""
     progress: bool = True
     """Show a tqdm progress bar on rank 0."""
     dist_timeout_s: int = 600
@@ -335,6 +342,13 @@ class TrainConfig:
         _require(self.steps > 0, s, "steps", "must be positive")
         _choice(str(self.zero_stage), ("0", "1", "2", "3"), s, "zero_stage")
         _choice(self.precision, ("fp32", "bf16"), s, "precision")
+        _require(
+            self.out_dir.strip() != "",
+            s,
+            "out_dir",
+            "must name the run folder, e.g. train.out_dir=runs/my-run (an empty value would "
+            "write into the current directory)",
+        )
         _require(self.log_every > 0, s, "log_every", "must be positive")
         _require(self.ckpt_every >= 0, s, "ckpt_every", "must be >= 0")
         _require(self.keep_checkpoints > 0, s, "keep_checkpoints", "must be positive")
@@ -379,6 +393,10 @@ class PlannerConfig:
     0.3% slower than with 16 buckets (5-15% error), in the same time budget."""
     rel_gap: float = 0.005
     """Relative MILP gap at which the solver stops early."""
+    split_search: bool = True
+    """With planning time left after the token-balanced micro-batch split, also plan the splits
+    whose lower bound can beat it (quadratic cost and memory decide, not tokens) and keep the
+    fastest plan; false: the token-balanced split only."""
     explicit_slots: int = 8
     """Group sizes with at most this many possible groups get one MILP slot per group."""
     improve_rounds: int = 300

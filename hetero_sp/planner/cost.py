@@ -258,9 +258,9 @@ class CostModel:
         """Smallest allowed group size that can hold a stream of ``tokens`` tokens."""
         return next((d for d in self.sizes if self.groups[d].max_tokens >= tokens), None)
 
-    def lower_bound(self, lengths: Sequence[int]) -> float:
-        """max(sum over sequences of the fewest GPU-seconds any group size gives it / GPUs,
-        the longest time any one sequence needs on its best group): no plan is faster."""
+    def sequence_bounds(self, lengths: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """Per sequence: the fewest GPU-seconds any group size gives it (fixed costs left out,
+        since a group shares them), and the least time it takes on its best group alone."""
         s = np.asarray(lengths, dtype=float)
         work = np.full(len(s), np.inf)
         single = np.full(len(s), np.inf)
@@ -268,4 +268,10 @@ class CostModel:
             t = np.where(s <= g.max_tokens, g.per_token2_s * s * s + g.per_token_s * s, np.inf)
             work = np.minimum(work, g.size * t)
             single = np.minimum(single, g.fixed_s + t)
+        return work, single
+
+    def lower_bound(self, lengths: Sequence[int]) -> float:
+        """max(sum over sequences of the fewest GPU-seconds any group size gives it / GPUs,
+        the longest time any one sequence needs on its best group): no plan is faster."""
+        work, single = self.sequence_bounds(lengths)
         return float(max(work.sum() / self.topology.num_gpus, single.max()))

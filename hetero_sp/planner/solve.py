@@ -5,10 +5,20 @@ that fit in memory (sorted by length, consecutive, balanced by tokens); plan eac
 (:mod:`hetero_sp.planner.solve_microbatch`: buckets, homogeneous warm start, MILP, assignment) within
 the step's time budget (:class:`~hetero_sp.planner.solve_microbatch.StepBudget`); validate the plan
 before returning it.
+
+The token-balanced split ignores that attention is quadratic and that a micro-batch is as slow as
+its slowest group: two long sequences together on two big groups can beat one long sequence
+beside the rest. So with planning time left after that split, other splits are planned too
+(:func:`candidate_splits`: the consecutive cuts of the length-sorted batch into k, k+1 and k+2
+micro-batches that minimise the sum of the micro-batches' lower bounds, and the token-balanced
+cut into k+1), best bound first, skipping any whose bound cannot beat the plan in hand; the
+fastest plan wins. The token-balanced split is always planned first with the step's whole
+budget, so the result is never slower than it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import numpy as np
@@ -81,27 +91,150 @@ def _greedy(values: np.ndarray, cap: int) -> list[tuple[int, int]]:
     return out
 
 
+_DP_CELLS = 2e7
+_DP_ROWS = 12_000
+"""Most (micro-batches x sequences^2 / 2) cells, and (micro-batches x sequences) numpy rows, the
+bound-minimising split may take (about 0.1 s); bigger batches keep the token-balanced
+candidate only."""
+
+
+def _split_bound(parts: Sequence[Sequence[int]], work: np.ndarray, single: np.ndarray, n: int):
+    """Sum over micro-batches of their lower bounds (see ``CostModel.lower_bound``): no plan of
+    this split is faster."""
+    return float(sum(max(work[list(p)].sum() / n, single[list(p)].max()) for p in parts))
+
+
+def _bound_splits(
+    work: np.ndarray, single: np.ndarray, tokens: np.ndarray, room: int, n: int, k_max: int
+) -> dict[int, list[tuple[int, int]]]:
+    """For every k <= ``k_max``: the cut of the length-sorted batch into exactly k consecutive
+    runs, each of at most ``room`` tokens, that minimises the sum of the runs' lower bounds
+    (``max(work / n, longest single time)``). ``single`` does not increase along the sorted
+    batch, so a run's single-sequence bound is its first element's. Dynamic programming over
+    (runs, end), vectorised over the start."""
+    m = len(work)
+    cum_w = np.concatenate([[0.0], np.cumsum(work)])
+    cum_t = np.concatenate([[0], np.cumsum(tokens)])
+    best = np.full(m + 1, np.inf)
+    best[0] = 0.0
+    cuts = np.zeros((k_max, m + 1), dtype=np.int64)
+    out = {}
+    for j in range(k_max):
+        nxt = np.full(m + 1, np.inf)
+        for b in range(1, m + 1):
+            starts = np.arange(b)
+            total = best[:b] + np.maximum((cum_w[b] - cum_w[:b]) / n, single[:b])
+            total[cum_t[b] - cum_t[:b] > room] = np.inf
+            i = int(np.argmin(total))
+            nxt[b], cuts[j, b] = total[i], starts[i]
+        best = nxt
+        if np.isfinite(best[m]):
+            ends, b = [m], m
+            for jj in range(j, 0, -1):
+                b = int(cuts[jj, b])
+                ends.append(b)
+            bounds = [0, *reversed(ends)]
+            out[j + 1] = list(zip(bounds, bounds[1:]))
+    return out
+
+
+def candidate_splits(
+    lengths: Sequence[int], cost: CostModel, base: Sequence[Sequence[int]]
+) -> list[tuple[float, list[list[int]]]]:
+    """Other splits worth planning than ``base`` (the token-balanced one), each with its lower
+    bound, best bound first: the bound-minimising consecutive cuts into len(base), +1 and +2
+    micro-batches, and the token-balanced cut into len(base) + 1. Only splits whose every
+    micro-batch fits in memory are returned."""
+    arr = np.asarray(lengths, dtype=np.int64)
+    order = sorted(range(len(arr)), key=lambda i: (-arr[i], i))
+    work, single = cost.sequence_bounds(arr[order])
+    n, k0 = cost.topology.num_gpus, len(base)
+    k_max = min(k0 + 2, len(arr))
+    found: list[list[list[int]]] = []
+    if k_max * len(arr) ** 2 / 2 <= _DP_CELLS and k_max * len(arr) <= _DP_ROWS:
+        room = max((n // d) * cost.groups[d].max_tokens for d in cost.sizes)
+        for k, runs in sorted(_bound_splits(work, single, arr[order], room, n, k_max).items()):
+            if k >= k0:
+                found.append([order[a:b] for a, b in runs])
+    if k0 < len(arr):
+        found.append([order[a:b] for a, b in _balanced_chunks(arr[order], k0 + 1)])
+    seen = {tuple(map(tuple, base))}
+    out = []
+    all_work, all_single = cost.sequence_bounds(arr)
+    for parts in found:
+        key = tuple(map(tuple, parts))
+        if key in seen or not all(_fits(arr[p], cost, cost.sizes) for p in parts):
+            continue
+        seen.add(key)
+        out.append((_split_bound(parts, all_work, all_single, n), parts))
+    return sorted(out, key=lambda c: c[0])
+
+
+def _plan_split(
+    parts: Sequence[Sequence[int]],
+    arr: np.ndarray,
+    cost: CostModel,
+    options: PlannerConfig,
+    budget: StepBudget,
+    within_budget: bool = False,
+) -> Plan | None:
+    """Plan each micro-batch of ``parts``; with ``within_budget``, give up (None) once the
+    step's deadline passes before the last one, so a candidate costs at most one micro-batch
+    of planning past the deadline."""
+    mbs = []
+    for m, idx in enumerate(parts):
+        if within_budget and m and not budget.time_left():
+            return None
+        budget.start_micro_batch(len(parts) - m)
+        mbs.append(plan_micro_batch(arr[list(idx)], list(idx), cost, options, budget))
+    return Plan(
+        world_size=cost.topology.num_gpus,
+        lengths=tuple(int(s) for s in arr),
+        micro_batches=tuple(mbs),
+        memory_limit_bytes=cost.memory_limit_bytes,
+    )
+
+
 def plan_batch(
     lengths: Sequence[int], cost: CostModel, options: PlannerConfig | None = None
 ) -> Plan:
-    """Plan one step: every sequence of ``lengths`` once, in the fewest micro-batches."""
+    """Plan one step: every sequence of ``lengths`` once. The token-balanced split into the
+    fewest micro-batches first, then, while the step's time lasts, the other candidate splits
+    whose lower bound can beat it; the fastest plan is returned."""
     options = options or PlannerConfig()
     budget = StepBudget(options)
     cost.check_lengths(lengths)
     lengths = [int(s) for s in lengths]
     arr = np.asarray(lengths, dtype=np.int64)
-    parts = split_micro_batches(lengths, cost)
-    mbs = []
-    for m, idx in enumerate(parts):
-        budget.start_micro_batch(len(parts) - m)
-        mbs.append(plan_micro_batch(arr[idx], idx, cost, options, budget))
-    mbs = tuple(mbs)
-    plan = Plan(
-        world_size=cost.topology.num_gpus,
-        lengths=tuple(lengths),
-        micro_batches=mbs,
-        memory_limit_bytes=cost.memory_limit_bytes,
-    )
+    base = split_micro_batches(lengths, cost)
+    plan = _plan_split(base, arr, cost, options, budget)
+    tried = kept = 0
+    if options.split_search and cost.topology.num_gpus > 1:
+        for bound, parts in candidate_splits(lengths, cost, base):
+            if bound >= plan.predicted_step_s * (1 - options.rel_gap):
+                continue  # cannot beat the plan in hand
+            if not budget.time_left():
+                break
+            other = _plan_split(parts, arr, cost, options, budget, within_budget=True)
+            if other is None:
+                break  # the deadline passed while planning it
+            tried += 1
+            if other.predicted_step_s < plan.predicted_step_s:
+                plan, kept = other, tried
+    if tried:
+        first = plan.micro_batches[0]
+        note = f"split search: {tried} other split(s) planned, " + (
+            f"kept candidate {kept} ({len(plan.micro_batches)} micro-batches)"
+            if kept
+            else "the token-balanced split stayed best"
+        )
+        solver = dataclasses.replace(
+            first.solver, note="; ".join(x for x in (first.solver.note, note) if x)
+        )
+        plan = dataclasses.replace(
+            plan,
+            micro_batches=(dataclasses.replace(first, solver=solver), *plan.micro_batches[1:]),
+        )
     validate_plan(plan, cost)
     return plan
 

@@ -45,6 +45,9 @@ class StepBudget:
         self.part_end = self.deadline
         self.floor_given = False
 
+    def time_left(self) -> float:
+        return max(0.0, self.deadline - time.perf_counter())
+
     def start_micro_batch(self, num_left: int) -> None:
         """The next micro-batch's part: 1 / ``num_left`` of the time left (this one included)."""
         now = time.perf_counter()
