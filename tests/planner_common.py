@@ -69,8 +69,9 @@ def size_multisets(sizes: Sequence[int], world: int):
 
 
 def brute_force(lengths: Sequence[int], cost: CostModel, homogeneous: bool = False) -> float:
-    """The least makespan of one micro-batch over every group structure and assignment; with
-    ``homogeneous``, over the structures of one group size only (as many groups as fit)."""
+    """The least makespan of one micro-batch over every group structure, strategy pair of each
+    group and assignment; with ``homogeneous``, over the structures of one group size only (as
+    many groups as fit)."""
     best = float("inf")
     world = cost.topology.num_gpus
     structures = (
@@ -79,13 +80,16 @@ def brute_force(lengths: Sequence[int], cost: CostModel, homogeneous: bool = Fal
         else size_multisets(cost.sizes, world)
     )
     for sizes in structures:
-        groups = [cost.groups[d] for d in sizes]
-        for where in itertools.product(range(len(groups)), repeat=len(lengths)):
-            members = [[s for s, g in zip(lengths, where) if g == k] for k in range(len(groups))]
-            if any(sum(m) > g.max_tokens for m, g in zip(members, groups)):
-                continue
-            span = max(g.time(m) for m, g in zip(members, groups) if m)
-            best = min(best, span)
+        # Every group picks its strategy pair too (all pairs, dominated ones included).
+        for groups in itertools.product(*(cost.every_kind(d) for d in sizes)):
+            for where in itertools.product(range(len(groups)), repeat=len(lengths)):
+                members = [
+                    [s for s, g in zip(lengths, where) if g == k] for k in range(len(groups))
+                ]
+                if any(sum(m) > g.max_tokens for m, g in zip(members, groups)):
+                    continue
+                span = max(g.time(m) for m, g in zip(members, groups) if m)
+                best = min(best, span)
     return best
 
 

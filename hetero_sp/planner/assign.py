@@ -17,26 +17,29 @@ from collections.abc import Sequence
 import numpy as np
 
 from hetero_sp.planner.bucketing import Buckets
-from hetero_sp.planner.cost import CostModel
+from hetero_sp.planner.cost import CostModel, GroupCost
 from hetero_sp.planner.milp import MilpResult
 from hetero_sp.planner.plan import GroupPlan
 
 
 class Packing:
-    """Sequences (indices into ``lengths``) on groups of the given sizes."""
+    """Sequences (indices into ``lengths``) on groups of the given kinds: each a
+    :class:`GroupCost` (a size and its strategy pair), or a size for that size's default kind."""
 
-    def __init__(self, lengths: np.ndarray, cost: CostModel, sizes: Sequence[int]) -> None:
+    def __init__(
+        self, lengths: np.ndarray, cost: CostModel, kinds: Sequence[int | GroupCost]
+    ) -> None:
         self.cost, self.lengths = cost, np.asarray(lengths, dtype=np.int64)
-        self.sizes = list(sizes)
-        per_size = {}
-        for d in set(self.sizes):
-            g = cost.groups[d]
-            per_size[d] = (
-                g.per_token2_s * self.lengths.astype(float) ** 2 + g.per_token_s * self.lengths
+        self.specs = [cost.groups[k] if isinstance(k, int) else k for k in kinds]
+        self.sizes = [k.size for k in self.specs]
+        per_kind = {}
+        for k in set(self.specs):
+            per_kind[k] = (
+                k.per_token2_s * self.lengths.astype(float) ** 2 + k.per_token_s * self.lengths
             )
-        self.times = np.stack([per_size[d] for d in self.sizes]) if self.sizes else None
-        self.fixed = np.array([cost.groups[d].fixed_s for d in self.sizes])
-        self.cap = np.array([cost.groups[d].max_tokens for d in self.sizes], dtype=np.int64)
+        self.times = np.stack([per_kind[k] for k in self.specs]) if self.specs else None
+        self.fixed = np.array([k.fixed_s for k in self.specs])
+        self.cap = np.array([k.max_tokens for k in self.specs], dtype=np.int64)
         self.busy = np.zeros(len(self.sizes))
         self.tokens = np.zeros(len(self.sizes), dtype=np.int64)
         self.count = np.zeros(len(self.sizes), dtype=np.int64)
@@ -130,16 +133,18 @@ class Packing:
 def homogeneous(
     lengths: np.ndarray,
     cost: CostModel,
-    size: int,
+    size: int | GroupCost,
     improve_rounds: int,
     deadline: float | None = None,
 ) -> Packing | None:
-    """Every group of one size; None when the sequences do not fit in memory.
+    """Every group of one kind (a size: its default kind); None when the sequences do not fit
+    in memory.
 
     Longest first onto the least-loaded group with room; when memory is too tight for that,
     first fit by tokens (the memory-first packing the micro-batch split checks with)."""
-    sizes = [size] * (cost.topology.num_gpus // size)
-    if not len(lengths) or int(np.max(lengths)) > cost.groups[size].max_tokens:
+    kind = cost.groups[size] if isinstance(size, int) else size
+    sizes = [kind] * (cost.topology.num_gpus // kind.size)
+    if not len(lengths) or int(np.max(lengths)) > kind.max_tokens:
         return None
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
     pack = _lpt_identical(Packing(lengths, cost, sizes), order)
@@ -186,14 +191,16 @@ def realize(
     deadline: float | None = None,
 ) -> Packing | None:
     """Concrete groups for a MILP solution; None when some sequence fits nowhere."""
+    kinds = cost.kinds
     explicit = list(result.groups)
-    sizes = [g.size for g in explicit]
+    specs = [kinds[g.kind] for g in explicit]
     classes = []
-    for d, num, counts in result.fluid:
-        classes.append((list(range(len(sizes), len(sizes) + num)), list(counts)))
-        sizes += [d] * num
-    sizes += [1] * (cost.topology.num_gpus - sum(sizes))  # spare GPUs: groups of one to fill
-    pack = Packing(lengths, cost, sizes)
+    for j, num, counts in result.fluid:
+        classes.append((list(range(len(specs), len(specs) + num)), list(counts)))
+        specs += [kinds[j]] * num
+    spare = cost.topology.num_gpus - sum(k.size for k in specs)
+    specs += [cost.groups[1]] * spare  # spare GPUs: groups of one to fill
+    pack = Packing(lengths, cost, specs)
     quota = [list(g.counts) for g in explicit]
     pools: list[list[int]] = [[] for _ in classes]
     homeless = []
@@ -237,7 +244,7 @@ def group_plans(pack: Packing, index: Sequence[int]) -> tuple[GroupPlan, ...]:
     for g in busy:
         d = pack.sizes[g]
         seqs = tuple(sorted(int(index[i]) for i in np.flatnonzero(pack.where == g)))
-        spec = cost.groups[d]
+        spec = pack.specs[g]
         out.append(
             GroupPlan(
                 ranks=tuple(range(offset, offset + d)),

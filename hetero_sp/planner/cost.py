@@ -78,6 +78,16 @@ class GroupCost:
         return self.mem_fixed_bytes + self.mem_per_token_bytes * stream_tokens
 
 
+def _dominates(a: GroupCost, b: GroupCost) -> bool:
+    """``a`` is no slower in any term than ``b`` and holds at least as many tokens."""
+    return (
+        a.fixed_s <= b.fixed_s
+        and a.per_token_s <= b.per_token_s
+        and a.per_token2_s <= b.per_token2_s
+        and a.max_tokens >= b.max_tokens
+    )
+
+
 class CostModel:
     """Prices groups for one model, profile, cluster and training setup."""
 
@@ -129,11 +139,56 @@ class CostModel:
                 "raise the ZeRO stage or use GPUs with more memory"
             )
         self.groups: dict[int, GroupCost] = {}
+        """Per size, its default kind: the strategy pair fastest per token on a full group."""
+        self.alternatives: dict[int, tuple[GroupCost, ...]] = {}
+        """Per size, the other kinds worth a decision: pairs that hold more tokens or cost less
+        in some term than the default (dominated pairs are left out)."""
         for d in topology.group_sizes(max_group_size):
-            cost = self._group(d)
-            if cost is not None:
-                self.groups[d] = cost
+            kinds = self._kinds(d)
+            if kinds:
+                self.groups[d] = kinds[0]
+                self.alternatives[d] = tuple(kinds[1:])
         self.sizes = tuple(sorted(self.groups))
+
+    def capacity(self, size: int) -> int:
+        """Most stream tokens a group of ``size`` holds, over its kinds."""
+        return max(k.max_tokens for k in (self.groups[size], *self.alternatives.get(size, ())))
+
+    @property
+    def kinds(self) -> tuple[GroupCost, ...]:
+        """Every group kind (size and strategy pair) the planner may choose, sizes ascending,
+        each size's default first. The MILP's group types and the assignment use these."""
+        return tuple(k for d in self.sizes for k in (self.groups[d], *self.alternatives.get(d, ())))
+
+    def every_kind(self, size: int) -> list[GroupCost]:
+        """All kinds of ``size``, one per allowed strategy pair, dominated ones included (what an
+        exhaustive search must try to show the pruning loses nothing)."""
+        if size not in self.groups:
+            return []
+        if size == 1:
+            return [self.groups[1]]
+        return self._kinds(size, prune=False)
+
+    def group_cost(self, size: int, softmax_strategy: str, linear_strategy: str) -> GroupCost:
+        """The kind of ``size`` running this strategy pair (a group of one rank: its only kind),
+        for pricing and memory checks of a plan's group."""
+        candidates = (self.groups[size], *self.alternatives.get(size, ()))
+        if size == 1 or not self._sp_layers():
+            return candidates[0]
+        for k in candidates:
+            if (k.softmax_strategy, k.linear_strategy) == (softmax_strategy, linear_strategy):
+                return k
+        for k in self._kinds(size, prune=False):
+            if (k.softmax_strategy, k.linear_strategy) == (softmax_strategy, linear_strategy):
+                return k
+        raise PlanError(
+            f"groups of {size} cannot run softmax {softmax_strategy!r} with linear "
+            f"{linear_strategy!r} here (allowed: {self.softmax_strategies} x "
+            f"{self.linear_strategies}, Ulysses needs heads divisible by the group size)"
+        )
+
+    def _sp_layers(self) -> bool:
+        return bool(self.model.layers)
 
     def link(self, kind: str, size: int) -> Link:
         measured = self.profile.collectives.get(kind, {})
@@ -182,7 +237,11 @@ class CostModel:
                 out.append((name, 2 * (_ZECO_BLOCKS + d - 2) * hop))
         return out
 
-    def _group(self, d: int) -> GroupCost | None:
+    def _kinds(self, d: int, prune: bool = True) -> list[GroupCost]:
+        """The kinds of groups of ``d`` ranks: one per allowed (softmax, linear) pair, the
+        fastest per token on a full group first; with ``prune``, pairs no better in any term
+        (fixed, per-token and quadratic time, tokens held) than another are dropped. Empty when
+        no allowed softmax strategy works at this size (the Ulysses head limit)."""
         fits, layers = self.profile.compute, self.model.layers
         num_s, num_l = layers.count("S"), layers.count("L")
         compute_per_token = (
@@ -196,12 +255,11 @@ class CostModel:
         if num_s and d > 1:
             sm = self._softmax_options(d)
             if not sm:
-                return None  # no allowed softmax strategy works at this size (Ulysses head limit)
+                return []
         else:
             sm = [(self.softmax_strategies[0], 0.0, 0.0, 0.0)]
         ln = self._linear_options(d) if num_l and d > 1 else [(self.linear_strategies[0], 0.0)]
-        lin_name, lin_time = min(ln, key=lambda o: o[1])
-        best = None
+        ranked = []
         for name, comm_per_token, latency, extra in sm:
             per_token = compute_per_token + num_s * comm_per_token
             mem_token = self.act_bytes / d + num_s * extra
@@ -210,37 +268,44 @@ class CostModel:
             room = self.memory_limit_bytes - mem_fixed
             max_tokens = int(room // mem_token) if room > 0 else 0
             full = max(max_tokens, 1)
-            total = (
-                fixed
-                + num_s * latency
-                + num_l * lin_time
-                + per_token * (full + pad)
-                + quad * pad * pad
-            )
-            key = total / full  # seconds per token of a full group
-            if best is None or key < best[0]:
-                best = (
-                    key,
-                    GroupCost(
-                        size=d,
-                        softmax_strategy=name,
-                        linear_strategy=lin_name,
-                        fixed_s=fixed + num_s * latency + num_l * lin_time + per_token * pad,
-                        per_token_s=per_token,
-                        per_token2_s=quad,
-                        mem_fixed_bytes=mem_fixed,
-                        mem_per_token_bytes=mem_token,
-                        max_tokens=max_tokens,
-                    ),
+            for lin_name, lin_time in ln:
+                total = (
+                    fixed
+                    + num_s * latency
+                    + num_l * lin_time
+                    + per_token * (full + pad)
+                    + quad * pad * pad
                 )
-        return best[1]
+                kind = GroupCost(
+                    size=d,
+                    softmax_strategy=name,
+                    linear_strategy=lin_name,
+                    fixed_s=fixed + num_s * latency + num_l * lin_time + per_token * pad,
+                    per_token_s=per_token,
+                    per_token2_s=quad,
+                    mem_fixed_bytes=mem_fixed,
+                    mem_per_token_bytes=mem_token,
+                    max_tokens=max_tokens,
+                )
+                ranked.append((total / full, len(ranked), kind))  # seconds per token, full
+        ranked.sort(key=lambda r: (r[0], r[1]))
+        kinds = [k for _, _, k in ranked]
+        if not prune:
+            return kinds
+        kept: list[GroupCost] = []
+        for k in kinds:
+            if not any(_dominates(other, k) for other in kept):
+                kept.append(k)
+        return kept
 
     def check_lengths(self, lengths: Sequence[int]) -> None:
         """Raise ``ValueError`` for an empty batch, a non-positive length, or a sequence no
         allowed group can hold."""
         if len(lengths) == 0:
             raise PlanError("the batch is empty: a step needs at least one sequence")
-        biggest = self.groups[self.sizes[-1]]
+        biggest = max(
+            (k for k in self.kinds if k.size == self.sizes[-1]), key=lambda k: k.max_tokens
+        )
         for i, s in enumerate(lengths):
             if int(s) != s or s < 1:
                 raise PlanError(f"sequence {i} has length {s}; lengths must be integers >= 1")
@@ -256,7 +321,7 @@ class CostModel:
 
     def min_size(self, tokens: int) -> int | None:
         """Smallest allowed group size that can hold a stream of ``tokens`` tokens."""
-        return next((d for d in self.sizes if self.groups[d].max_tokens >= tokens), None)
+        return next((d for d in self.sizes if self.capacity(d) >= tokens), None)
 
     def sequence_bounds(self, lengths: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
         """Per sequence: the fewest GPU-seconds any group size gives it (fixed costs left out,
@@ -264,7 +329,7 @@ class CostModel:
         s = np.asarray(lengths, dtype=float)
         work = np.full(len(s), np.inf)
         single = np.full(len(s), np.inf)
-        for g in self.groups.values():
+        for g in self.kinds:
             t = np.where(s <= g.max_tokens, g.per_token2_s * s * s + g.per_token_s * s, np.inf)
             work = np.minimum(work, g.size * t)
             single = np.minimum(single, g.fixed_s + t)

@@ -15,6 +15,9 @@ work cut (sum of GPU-seconds <= N * C) makes the LP bound at least total work / 
 
 from __future__ import annotations
 
+import functools
+import os
+import sys
 import time
 from dataclasses import dataclass
 
@@ -31,10 +34,12 @@ SOLVERS = values(Solver)
 class MilpInput:
     num_gpus: int
     sizes: tuple[int, ...]
+    """Per group kind (a size and a strategy pair; ``CostModel.kinds``): its size. A size may
+    appear once per strategy pair worth deciding, so the pair is a decision of the model."""
     fixed_s: tuple[float, ...]
-    """Per size: a group's fixed time."""
+    """Per kind: a group's fixed time."""
     max_tokens: tuple[int, ...]
-    """Per size: stream tokens a group can hold."""
+    """Per kind: stream tokens a group can hold."""
     values: tuple[int, ...]
     """Per bucket: its longest sequence (whether one sequence fits a group's memory)."""
     tokens: tuple[int, ...]
@@ -42,15 +47,17 @@ class MilpInput:
     counts: tuple[int, ...]
     """Per bucket: sequences in it."""
     times: np.ndarray
-    """[bucket, size]: seconds one sequence of the bucket takes on a group of the size."""
+    """[bucket, kind]: seconds one sequence of the bucket takes on a group of the kind."""
 
 
 @dataclass(frozen=True)
 class SlotCounts:
-    """One group of the solution: its size and how many sequences of each bucket it runs."""
+    """One group of the solution: its size and kind (an index into ``MilpInput.sizes``) and how
+    many sequences of each bucket it runs."""
 
     size: int
     counts: tuple[int, ...]
+    kind: int
 
 
 @dataclass(frozen=True)
@@ -58,7 +65,7 @@ class MilpResult:
     groups: tuple[SlotCounts, ...]
     """Groups of the exactly modelled (explicit) sizes."""
     fluid: tuple[tuple[int, int, tuple[int, ...]], ...]
-    """(size, number of groups, bucket counts of the whole class) of the aggregated sizes."""
+    """(kind, number of groups, bucket counts of the whole class) of the aggregated kinds."""
     objective: float
     bound: float | None
     """The solver's proven lower bound on ``objective``; None when it stopped before one."""
@@ -93,6 +100,28 @@ def _expr(terms: list) -> pulp.LpAffineExpression:
     return pulp.LpAffineExpression(merged)
 
 
+@functools.cache
+def _swallow_highs_banner() -> None:
+    """Make the process's first HiGHS object with its stdout (fd 1) on /dev/null.
+
+    HiGHS's C++ code prints its licence banner straight to fd 1, past ``sys.stdout`` and
+    whatever ``output_flag`` says, when the first ``Highs`` object of a process is made: in a
+    training run, into the middle of the progress bar. It does so once per process, so later
+    objects print nothing. Other threads lose what they write to fd 1 in the meantime (a
+    constructor call); training logs and the progress bar go to stderr."""
+    import highspy
+
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 1)
+            highspy.Highs()
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def make_solver(name: str, time_limit_s: float, rel_gap: float, threads: int):
     """The pulp solver object; ``auto`` is HiGHS when highspy is importable, else CBC.
 
@@ -105,6 +134,7 @@ def make_solver(name: str, time_limit_s: float, rel_gap: float, threads: int):
     if name == "highs" and not highs_ok:
         raise UserError("solver 'highs' needs highspy (pip install highspy); or use 'cbc'")
     if name == "highs" or (name == "auto" and highs_ok):
+        _swallow_highs_banner()
         return "highs", _HiGHSWarm(
             msg=False, timeLimit=time_limit_s, gapRel=rel_gap, threads=threads
         )
@@ -157,8 +187,8 @@ def solve_milp(
         if possible <= explicit_slots:
             slots[j], prev = [], None
             for s in range(possible):
-                used = pulp.LpVariable(f"u_{d}_{s}", cat="Binary")
-                x = {k: pulp.LpVariable(f"x_{k}_{d}_{s}", 0, most[k], cat="Integer") for k in t}
+                used = pulp.LpVariable(f"u_{j}_{s}", cat="Binary")
+                x = {k: pulp.LpVariable(f"x_{k}_{j}_{s}", 0, most[k], cat="Integer") for k in t}
                 load = [(x[k], t[k]) for k in t] + [(used, fix)]
                 _le(prob, load + neg_c)
                 for k in t:
@@ -174,10 +204,10 @@ def solve_milp(
                 gpus.append((used, float(d)))
             continue
         bits = max(1, int(possible).bit_length())
-        z = [pulp.LpVariable(f"z_{d}_{b}", cat="Binary") for b in range(bits)]
-        w = [pulp.LpVariable(f"w_{d}_{b}", 0, ub) for b in range(bits)]
-        y = {k: pulp.LpVariable(f"y_{k}_{d}", 0, counts[k], cat="Integer") for k in t}
-        on = {k: pulp.LpVariable(f"a_{k}_{d}", cat="Binary") for k in t}
+        z = [pulp.LpVariable(f"z_{j}_{b}", cat="Binary") for b in range(bits)]
+        w = [pulp.LpVariable(f"w_{j}_{b}", 0, ub) for b in range(bits)]
+        y = {k: pulp.LpVariable(f"y_{k}_{j}", 0, counts[k], cat="Integer") for k in t}
+        on = {k: pulp.LpVariable(f"a_{k}_{j}", cat="Binary") for k in t}
         count = [(z[b], float(1 << b)) for b in range(bits)]
         _le(prob, count, possible)
         for b in range(bits):
@@ -230,7 +260,7 @@ def solve_milp(
                 c = [0] * nk
                 for k, var in x.items():
                     c[k] = round(var.varValue or 0)
-                groups.append(SlotCounts(sizes[j], tuple(c)))
+                groups.append(SlotCounts(sizes[j], tuple(c), j))
     fluid_out = []
     for j, (z, _, y, _) in fluid.items():
         num = sum((1 << b) * round(v.varValue or 0) for b, v in enumerate(z))
@@ -238,7 +268,7 @@ def solve_milp(
         for k, var in y.items():
             c[k] = round(var.varValue or 0)
         if num:
-            fluid_out.append((sizes[j], num, tuple(c)))
+            fluid_out.append((j, num, tuple(c)))
     return MilpResult(
         groups=tuple(groups),
         fluid=tuple(fluid_out),
@@ -258,7 +288,7 @@ def _set_warm_start(warm, sizes, slots, fluid, makespan, inp, prob) -> None:
     loads = []
     by_size: dict[int, list[SlotCounts]] = {}
     for g in warm:
-        j = sizes.index(g.size)
+        j = g.kind
         load = inp.fixed_s[j] + sum(inp.times[k, j] * c for k, c in enumerate(g.counts))
         loads.append(load)
         by_size.setdefault(j, []).append((load, g))

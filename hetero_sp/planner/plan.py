@@ -197,7 +197,6 @@ def validate_plan(plan: Plan, cost: CostModel | None = None) -> None:
             if cost is not None and group.sequences:
                 if group.size not in cost.groups:
                     raise PlanError(f"{where}: group size {group.size} is not allowed")
-                memory = cost.groups[group.size].memory(tokens)
                 ulysses = group.softmax_strategy == "ulysses" and group.size > 1
                 ulysses = ulysses and "S" in cost.model.layers  # no S layer: never runs
                 if ulysses and not ulysses_allowed(cost.model, group.size):
@@ -205,6 +204,8 @@ def validate_plan(plan: Plan, cost: CostModel | None = None) -> None:
                         f"{where}: Ulysses needs num_heads={cost.model.num_heads} divisible "
                         f"by the group size {group.size}"
                     )
+                kind = cost.group_cost(group.size, group.softmax_strategy, group.linear_strategy)
+                memory = kind.memory(tokens)
             limit = plan.memory_limit_bytes if cost is None else cost.memory_limit_bytes
             if group.sequences and memory > limit * (1 + 1e-9):
                 raise PlanError(

@@ -34,10 +34,10 @@ __all__ = ["Planner", "plan_batch", "split_micro_batches"]
 
 def _fits(lengths: np.ndarray, cost: CostModel, sizes: Sequence[int]) -> bool:
     """Whether groups of one of ``sizes`` hold these sequences in memory (first fit by tokens)."""
-    if int(np.sum(lengths)) <= cost.groups[sizes[-1]].max_tokens:
+    if int(np.sum(lengths)) <= cost.capacity(sizes[-1]):
         return True  # the biggest group alone holds them all
     for d in reversed(sizes):
-        cap = cost.groups[d].max_tokens
+        cap = cost.capacity(d)
         bins = np.zeros(cost.topology.num_gpus // d, dtype=np.int64)
         for s in sorted(lengths, reverse=True):
             room = np.flatnonzero(bins + s <= cap)
@@ -56,7 +56,7 @@ def split_micro_batches(
     fit in memory at once on groups of ``sizes`` (default: every allowed size). Returns batch
     indices per micro-batch, longest first."""
     sizes = cost.sizes if sizes is None else tuple(sizes)
-    if max(lengths) > cost.groups[sizes[-1]].max_tokens:
+    if max(lengths) > cost.capacity(sizes[-1]):
         raise PlanError(f"a sequence of {max(lengths)} tokens fits no group of sizes {sizes}")
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
     arr = np.asarray(lengths, dtype=np.int64)
@@ -152,7 +152,7 @@ def candidate_splits(
     k_max = min(k0 + 2, len(arr))
     found: list[list[list[int]]] = []
     if k_max * len(arr) ** 2 / 2 <= _DP_CELLS and k_max * len(arr) <= _DP_ROWS:
-        room = max((n // d) * cost.groups[d].max_tokens for d in cost.sizes)
+        room = max((n // d) * cost.capacity(d) for d in cost.sizes)
         for k, runs in sorted(_bound_splits(work, single, arr[order], room, n, k_max).items()):
             if k >= k0:
                 found.append([order[a:b] for a, b in runs])
@@ -168,6 +168,105 @@ def candidate_splits(
         seen.add(key)
         out.append((_split_bound(parts, all_work, all_single, n), parts))
     return sorted(out, key=lambda c: c[0])
+
+
+_MOVE_LIMIT = 64
+"""Batches of at most this many sequences get the move/swap search between micro-batches (its
+rounds try every sequence against every other micro-batch)."""
+
+
+_QUICK_MILP_S = 0.05
+"""MILP time of one micro-batch estimate in the move search."""
+
+
+class _Estimates:
+    """Micro-batch makespans for the move search, memoised by member set: the planner's own
+    plan of the micro-batch with a short MILP (the homogeneous layouts alone misjudge mixed
+    ones); inf when the members fit no layout."""
+
+    def __init__(self, arr: np.ndarray, cost: CostModel, options: PlannerConfig) -> None:
+        self.arr, self.cost = arr, cost
+        self.options = dataclasses.replace(
+            options, time_limit_s=_QUICK_MILP_S, min_time_limit_s=_QUICK_MILP_S
+        )
+        self.memo: dict[tuple[int, ...], float] = {}
+
+    def __call__(self, members: Sequence[int]) -> float:
+        key = tuple(sorted(members))
+        if key not in self.memo:
+            lengths = self.arr[list(key)]
+            if not key:
+                self.memo[key] = 0.0
+            elif not _fits(lengths, self.cost, self.cost.sizes):
+                self.memo[key] = float("inf")
+            else:
+                mb = plan_micro_batch(lengths, list(key), self.cost, self.options)
+                self.memo[key] = mb.makespan_s
+        return self.memo[key]
+
+
+def improve_split(
+    plan: Plan, arr: np.ndarray, cost: CostModel, options: PlannerConfig, budget: StepBudget
+) -> list[list[int]] | None:
+    """Local search over the plan's split: move one sequence to another (or a new) micro-batch,
+    or swap two, while the sum of the micro-batches' estimated makespans falls (best move
+    first, until the deadline). Returns the improved split, None when no move helped (or the
+    batch is too big for the search)."""
+    parts = [sorted(i for g in mb.groups for i in g.sequences) for mb in plan.micro_batches]
+    if len(arr) > _MOVE_LIMIT or not budget.time_left():
+        return None
+    quick = _Estimates(arr, cost, options)
+    est = [mb.makespan_s for mb in plan.micro_batches]
+    for p, e in zip(parts, est):
+        quick.memo[tuple(p)] = e
+    changed = False
+    while budget.time_left():
+        base, best = sum(est), None
+        for a, src in enumerate(parts):
+            for i in src:
+                rest = [x for x in src if x != i]
+                left = quick(rest)
+                for b in range(len(parts) + 1):
+                    if b == a or (b == len(parts) and len(src) == 1):
+                        continue
+                    dst = parts[b] + [i] if b < len(parts) else [i]
+                    into = quick(dst)
+                    old = est[b] if b < len(parts) else 0.0
+                    total = base - est[a] - old + left + into
+                    if total < base * (1 - 1e-9) and (best is None or total < best[0]):
+                        best = (total, ("move", a, b, i, left, into))
+                for b in range(a + 1, len(parts)):
+                    for j in parts[b]:
+                        one = sorted([*rest, j])
+                        two = sorted([x for x in parts[b] if x != j] + [i])
+                        e1, e2 = quick(one), quick(two)
+                        total = base - est[a] - est[b] + e1 + e2
+                        if total < base * (1 - 1e-9) and (best is None or total < best[0]):
+                            best = (total, ("swap", a, b, i, j, e1, e2))
+        if best is None:
+            break
+        changed = True
+        if best[1][0] == "move":
+            _, a, b, i, left, into = best[1]
+            parts[a] = [x for x in parts[a] if x != i]
+            est[a] = left
+            if b == len(parts):
+                parts.append([i])
+                est.append(into)
+            else:
+                parts[b] = sorted(parts[b] + [i])
+                est[b] = into
+        else:
+            _, a, b, i, j, e1, e2 = best[1]
+            parts[a] = sorted([x for x in parts[a] if x != i] + [j])
+            parts[b] = sorted([x for x in parts[b] if x != j] + [i])
+            est[a], est[b] = e1, e2
+        keep = [k for k, p in enumerate(parts) if p]
+        parts, est = [parts[k] for k in keep], [est[k] for k in keep]
+    if not changed:
+        return None
+    order = sorted(range(len(parts)), key=lambda k: -max(arr[parts[k]]))
+    return [parts[k] for k in order]
 
 
 def _plan_split(
@@ -221,6 +320,13 @@ def plan_batch(
             tried += 1
             if other.predicted_step_s < plan.predicted_step_s:
                 plan, kept = other, tried
+        moved = improve_split(plan, arr, cost, options, budget)
+        if moved is not None:
+            other = _plan_split(moved, arr, cost, options, budget, within_budget=True)
+            if other is not None:
+                tried += 1
+                if other.predicted_step_s < plan.predicted_step_s:
+                    plan, kept = other, tried
     if tried:
         first = plan.micro_batches[0]
         note = f"split search: {tried} other split(s) planned, " + (

@@ -63,24 +63,28 @@ class StepBudget:
 
 
 def _milp_input(cost: CostModel, buckets: Buckets, means: tuple[int, ...]) -> MilpInput:
+    """The MILP over ``cost.kinds``: every group kind (size and strategy pair) a decision."""
+    kinds = cost.kinds
     return MilpInput(
         num_gpus=cost.topology.num_gpus,
-        sizes=cost.sizes,
-        fixed_s=tuple(cost.groups[d].fixed_s for d in cost.sizes),
-        max_tokens=tuple(cost.groups[d].max_tokens for d in cost.sizes),
+        sizes=tuple(k.size for k in kinds),
+        fixed_s=tuple(k.fixed_s for k in kinds),
+        max_tokens=tuple(k.max_tokens for k in kinds),
         values=buckets.values,
         tokens=means,
         counts=buckets.counts,
-        times=np.array([[cost.groups[d].seq_time(v) for d in cost.sizes] for v in means]),
+        times=np.array([[k.seq_time(v) for k in kinds] for v in means]),
     )
 
 
 def _as_slots(pack: assign.Packing, bucket_of: np.ndarray, num_buckets: int) -> tuple:
     """The packing's busy groups as bucket counts."""
+    kinds = pack.cost.kinds
     return tuple(
         SlotCounts(
             pack.sizes[g],
             tuple(int(np.sum(bucket_of[pack.where == g] == k)) for k in range(num_buckets)),
+            kinds.index(pack.specs[g]),
         )
         for g in range(len(pack.sizes))
         if pack.count[g] > 0
@@ -90,9 +94,7 @@ def _as_slots(pack: assign.Packing, bucket_of: np.ndarray, num_buckets: int) -> 
 def _milp_makespan(slots: tuple, inp: MilpInput) -> float:
     """A plan's makespan as the MILP prices it (bucket mean lengths)."""
     return max(
-        inp.fixed_s[inp.sizes.index(s.size)]
-        + float(inp.times[:, inp.sizes.index(s.size)] @ np.asarray(s.counts))
-        for s in slots
+        inp.fixed_s[s.kind] + float(inp.times[:, s.kind] @ np.asarray(s.counts)) for s in slots
     )
 
 
@@ -121,15 +123,15 @@ def plan_micro_batch(
     inp = _milp_input(cost, buckets, means)
 
     best, warm = None, None  # best: true lengths; warm: its layout over bucket means
-    for d in cost.sizes:
-        if int(lengths.max()) > cost.groups[d].max_tokens:
+    for kind in cost.kinds:
+        if int(lengths.max()) > kind.max_tokens:
             continue
-        pack = assign.homogeneous(rounded, cost, d, improve_rounds=0)
+        pack = assign.homogeneous(rounded, cost, kind, improve_rounds=0)
         if pack is not None and (warm is None or pack.makespan < warm.makespan):
             warm = pack
     if warm is not None:
         best = assign.homogeneous(
-            lengths, cost, warm.sizes[0], options.improve_rounds, budget.deadline
+            lengths, cost, warm.specs[0], options.improve_rounds, budget.deadline
         )
     stats = dict(solver="homogeneous", status="no MILP", objective_s=None, bound_s=None, gap=None)
     notes = []
