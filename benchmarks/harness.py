@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from hetero_sp.engine.deepspeed_ops import use_environment_dir  # noqa: E402
 from hetero_sp.engine.metrics import read_metrics  # noqa: E402
 
 
@@ -63,7 +64,7 @@ def torchrun_train(
     local ranks under torchrun (rendezvous on loopback at ``port``, no progress bar) and returns
     the run's per-step metrics; stops the benchmark with the run's stderr when it fails."""
     env = dict(os.environ)
-    env.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache/hetero_sp/torch_extensions"))
+    use_environment_dir(env)  # DeepSpeed's op: this environment's own build folder unless set
     cmd = [
         str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node", str(nproc),
         "--master_addr", "127.0.0.1", "--master_port", str(port),

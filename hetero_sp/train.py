@@ -5,6 +5,9 @@ torchrun --nproc_per_node 4 -m hetero_sp.train --config configs/cpu-tiny.toml [s
 Plan without training (no torchrun needed; --world-size plans for a cluster you do not have):
 
 python -m hetero_sp.train --dry-run --world-size 64 --config ... parallel.node_size=8
+
+Ctrl-C (SIGINT) or SIGTERM stops every rank after the same step, with a checkpoint of it
+(train.ckpt_on_signal), and rank 0 prints how to resume (hetero_sp.engine.interrupt).
 """
 
 from __future__ import annotations
@@ -58,6 +61,42 @@ def main(argv: list[str] | None = None) -> int:
         from hetero_sp.engine.dry_run import dry_run
 
         return dry_run(cfg, args.world_size, args.dry_run_steps)
+    from hetero_sp.engine.interrupt import StopSignals
+
+    stop = StopSignals().install()  # from here on SIGINT and SIGTERM end the run quietly
+    try:
+        return _train(cfg, stop)
+    except BaseException as err:
+        if not stop.ends_quietly(err):
+            raise
+        return _report_interrupted(err, stop.signum, cfg, sys.argv[1:] if argv is None else argv)
+
+
+def _report_interrupted(err: BaseException, signum: int, cfg, train_args: list[str]) -> int:
+    """Rank 0's one line on the signal that stopped the run; status 128 + the signal number."""
+    from hetero_sp.engine.interrupt import Interrupted, interrupted_line
+
+    step, checkpoint = (err.step, err.checkpoint) if isinstance(err, Interrupted) else (None, None)
+    if int(os.environ.get("RANK", "0")) == 0:
+        line = interrupted_line(
+            signum,
+            step,
+            checkpoint,
+            steps=cfg.train.steps,
+            resume=cfg.train.resume,
+            out_dir=cfg.train.out_dir,
+            train_args=train_args,
+        )
+        print(line, file=sys.stderr, flush=True)
+    if step is not None:  # every rank stopped after this step: they leave together
+        from hetero_sp.distributed import shutdown_distributed
+
+        shutdown_distributed()
+    return 128 + signum
+
+
+def _train(cfg, stop) -> int:
+    """Join the ranks, train, report; returns the exit status."""
     # DeepSpeed calls collectives that torch has renamed; the warnings say nothing about this run.
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.distributed")
 
@@ -79,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
                 cfg.model.layers,
                 cfg.train.zero_stage,
             )
-        last = trainer.run()
+        last = trainer.run(stop)
     except INPUT_ERRORS as err:
         # Raised on every rank at the same point (see hetero_sp.engine.errors): rank 0 says what
         # to change, and all ranks leave the process group together.

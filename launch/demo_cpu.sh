@@ -5,7 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash launch/install_cpu.sh
-export TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-$HOME/.cache/hetero_sp/torch_extensions}
+# DeepSpeed's op is built in this environment's own folder (hetero_sp/engine/deepspeed_ops.py);
+# launch/torchrun.py is torchrun without a traceback of its own on Ctrl-C.
+export TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-$(.venv/bin/python -m hetero_sp.engine.deepspeed_ops)}
 export GLOO_SOCKET_IFNAME=${GLOO_SOCKET_IFNAME:-lo}
-exec .venv/bin/torchrun --nproc_per_node "${NPROC:-4}" --master_addr 127.0.0.1 --master_port "${MASTER_PORT:-29500}" \
+exec .venv/bin/python launch/torchrun.py --nproc_per_node "${NPROC:-4}" --master_addr 127.0.0.1 --master_port "${MASTER_PORT:-29500}" \
   -m hetero_sp.train --config configs/cpu-tiny.toml "$@"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install HeteroSP for CPU work into ./.venv (idempotent): the CPU build of torch first, pinned
 # by constraints/cpu.txt so no later package can swap it for a multi-GB CUDA build; DeepSpeed
-# built against that torch; then HeteroSP itself with its test tools, data and Megatron extras.
+# built against that torch; then HeteroSP itself with its test tools, data and Megatron extras;
+# then DeepSpeed's op, compiled once here instead of at the first run.
 # A stamp of the files that decide the install lets later calls return at once.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,4 +32,8 @@ fi
 "${PIP[@]}" --no-build-isolation "deepspeed==0.19.8"
 "${PIP[@]}" -e ".[dev,data,megatron]"
 .venv/bin/python -c "import torch, deepspeed, triton, pulp, highspy; print('installed: torch', torch.__version__, '| deepspeed', deepspeed.__version__, '| triton', triton.__version__, '| pulp', pulp.__version__)" 2>&1 | grep -v "real_accelerator"
+# DeepSpeed compiles its CPU op on first use, 2-4 minutes of silence at the start of a run: build
+# it now, into this environment's own folder (unless TORCH_EXTENSIONS_DIR is set), which the
+# launch scripts and hetero_sp use too (hetero_sp/engine/deepspeed_ops.py).
+.venv/bin/python -m hetero_sp.engine.deepspeed_ops --build 2>&1 | grep -v "real_accelerator"
 echo "$want" > "$stamp"

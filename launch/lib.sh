@@ -109,7 +109,13 @@ hsp_is_loopback() {
 
 # The environment every worker inherits.
 hsp_export_env() {
-  export TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-$HOME/.cache/hetero_sp/torch_extensions}
+  # DeepSpeed's compiled op: kept when set, else a folder of this Python environment's own, so
+  # runs from other checkouts or environments never rebuild it (hetero_sp/engine/deepspeed_ops.py).
+  if [[ -z ${TORCH_EXTENSIONS_DIR:-} ]]; then
+    TORCH_EXTENSIONS_DIR=$("$HSP_PYTHON" -m hetero_sp.engine.deepspeed_ops) ||
+      hsp_die "$HSP_PYTHON cannot import hetero_sp: run launch/install_cpu.sh or pip install -e ."
+  fi
+  export TORCH_EXTENSIONS_DIR
   # NCCL: warnings only, and a failed collective ends the job instead of hanging it. Both are
   # ignored by gloo, so CPU runs are unaffected. NCCL_SOCKET_IFNAME (e.g. ib0) passes through.
   export NCCL_DEBUG=${NCCL_DEBUG:-WARN}
@@ -123,12 +129,16 @@ hsp_export_env() {
   export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$((cores / NPROC_PER_NODE > 0 ? cores / NPROC_PER_NODE : 1))}
 }
 
-# Run torchrun (exec: its signals reach the agent, which stops the workers) for this node.
+# Run torchrun (exec: its signals reach the agent, which passes them to the workers) for this
+# node, through launch/torchrun.py where torchrun's own Python is known: on SIGINT or SIGTERM
+# the workers stop after their step and rank 0 says how to resume, with no torchrun traceback.
 hsp_exec_torchrun() {
   local is_host=0
   ((NODE_RANK == 0)) && is_host=1
+  local runner=("$TORCHRUN")
+  [[ $HSP_PYTHON == "$(dirname "$TORCHRUN")/python" ]] && runner=("$HSP_PYTHON" "$HSP_ROOT/launch/torchrun.py")
   local cmd=(
-    "$TORCHRUN"
+    "${runner[@]}"
     --nnodes "$NNODES"
     --nproc-per-node "$NPROC_PER_NODE"
     --rdzv-backend c10d

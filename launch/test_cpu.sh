@@ -4,5 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [[ -x .venv/bin/pytest ]] || bash launch/install_cpu.sh
-export TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-$HOME/.cache/hetero_sp/torch_extensions}
+export TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-$(.venv/bin/python -m hetero_sp.engine.deepspeed_ops)}
 exec .venv/bin/python -m pytest -q --durations=15 "$@"

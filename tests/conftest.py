@@ -3,6 +3,7 @@ import os
 import pytest
 import torch
 
+from hetero_sp.engine.deepspeed_ops import use_environment_dir
 from tests.rank_pool import shutdown_pools
 
 # Triton kernels run on CPU only in the interpreter, which is chosen when a kernel module is
@@ -10,6 +11,10 @@ from tests.rank_pool import shutdown_pools
 # independent of test order. CUDA machines run the kernels natively.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+# DeepSpeed's compiled op, for the runs the tests start: this environment's own folder unless
+# TORCH_EXTENSIONS_DIR is set, so test sessions of two checkouts never rebuild each other's.
+use_environment_dir()
 
 
 TIERS = ("unit", "distributed", "integration")

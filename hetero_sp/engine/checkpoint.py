@@ -12,7 +12,8 @@ A checkpoint is written into ``step_XXXXXXXX.partial`` and renamed into place on
 rank's files and the manifest are on disk, so a crash leaves either the old or the new one (also
 when the same step is saved again: see :func:`~hetero_sp.engine.checkpoint_files.publish`).
 Loading checks the manifest, loads tensors with ``weights_only=True`` and, when a checkpoint is
-truncated or corrupt, warns and falls back to the previous one.
+truncated or corrupt, warns and falls back to the previous one; when every checkpoint is
+broken, it is an error that lists what was wrong with each.
 
 Model weights are loaded into the plain module *before* ``deepspeed.initialize`` (DeepSpeed
 builds its fp32 master copies from the module), optimizer moments after it.
@@ -21,6 +22,7 @@ builds its fp32 master copies from the module), optimizer moments after it.
 from __future__ import annotations
 
 import json
+import pickle
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,7 +111,7 @@ def _full_moment(engine, p: torch.nn.Parameter, key: str) -> torch.Tensor:
         return (value if value is not None else torch.zeros_like(p)).float().cpu().clone()
     value = safe_get_full_optimizer_state(p, key)
     if value is None:
-        raise CheckpointError(f"DeepSpeed returned no optimizer state {key!r} for a parameter")
+        raise RuntimeError(f"DeepSpeed returned no optimizer state {key!r} for a parameter")
     return value.float().cpu().clone()
 
 
@@ -149,7 +151,7 @@ def save_checkpoint(engine, out_dir: str | Path, step: int, meta: dict, keep: in
         dist.barrier()
     if rank == 0:
         files.publish(partial, final)
-        files.prune(out_dir, keep)
+        files.prune(out_dir, keep, written=final)
     if dist.is_initialized():
         dist.barrier()
     return final
@@ -161,7 +163,17 @@ def load_checkpoint(path: Path, rank: int = 0) -> LoadedCheckpoint:
         return _load_one(path, rank)
     except CheckpointError:
         raise
-    except (RuntimeError, OSError, KeyError, ValueError) as err:
+    # What torch.load (weights_only=True) and json raise on a file that passed its manifest
+    # yet does not decode (written by another program or another torch).
+    except (
+        RuntimeError,
+        OSError,
+        EOFError,
+        KeyError,
+        TypeError,
+        ValueError,
+        pickle.UnpicklingError,
+    ) as err:
         raise CheckpointError(f"{path}: cannot be read ({err})") from err
 
 
@@ -180,22 +192,25 @@ def _load_one(path: Path, rank: int) -> LoadedCheckpoint:
 
 
 def load_latest(out_dir: str | Path, rank: int = 0) -> LoadedCheckpoint | None:
-    """The newest checkpoint that passes its checks, or None; broken ones are skipped with a warning."""
-    if not files.checkpoint_root(out_dir).is_dir():
-        return None
-    for path in reversed(files.completed(out_dir)):
+    """The newest checkpoint that passes its checks, or None when there is none at all; broken
+    ones are skipped with a warning, and when every one is broken, CheckpointError says why."""
+    candidates = list(reversed(files.completed(out_dir)))
+    problems = []
+    for i, path in enumerate(candidates):
         try:
-            return _load_one(path, rank)
-        except (
-            CheckpointError,
-            RuntimeError,
-            OSError,
-            KeyError,
-            ValueError,
-            json.JSONDecodeError,
-        ) as err:
-            logger.warning("skipping checkpoint %s: %s; trying an older one", path, err)
-    return None
+            return load_checkpoint(path, rank)
+        except CheckpointError as err:
+            older = "; trying an older one" if i + 1 < len(candidates) else ""
+            logger.warning("skipping checkpoint %s: %s%s", path, err, older)
+            problems.append(" ".join(str(err).split()))  # one line, whatever torch said
+    if not candidates:
+        return None
+    raise CheckpointError(
+        f"no usable checkpoint in {files.checkpoint_root(out_dir)}: {'; '.join(problems)}. "
+        "Restore a good copy of one, or start over with train.resume=false (the earlier "
+        "run's files are then moved into an earlier_run_N folder, nothing is deleted) or in "
+        "a new train.out_dir"
+    )
 
 
 def load_model_weights(module: nn.Module, ckpt: LoadedCheckpoint) -> None:

@@ -7,13 +7,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
 import torch
 
+from hetero_sp.core.errors import UserError
 
-class CheckpointError(RuntimeError):
+
+class CheckpointError(UserError):
     """A checkpoint that cannot be used (missing, truncated, corrupt or from another run)."""
 
 
@@ -45,6 +48,16 @@ def checkpoint_root(out_dir: str | Path) -> Path:
 
 def step_dir(out_dir, step: int) -> Path:
     return checkpoint_root(out_dir) / f"step_{step:08d}"
+
+
+_STEP_NAME = re.compile(r"step_(\d+)(?:\.old|\.partial)?")
+
+
+def step_of(path: Path) -> int | None:
+    """The step of a checkpoint folder (``step_00000050``, ``.old`` and ``.partial`` too), or
+    None for a name that is not a checkpoint's."""
+    found = _STEP_NAME.fullmatch(path.name)
+    return int(found.group(1)) if found else None
 
 
 def fsync_dir(path: Path) -> None:
@@ -85,20 +98,29 @@ def publish(partial: Path, final: Path) -> None:
 def completed(out_dir) -> list[Path]:
     """Published checkpoints, oldest first: ``step_N``, or ``step_N.old`` where a re-save of
     step N crashed between its two renames."""
-    by_step: dict[str, Path] = {}
+    by_step: dict[int, Path] = {}
     for p in checkpoint_root(out_dir).glob("step_*"):
-        name, _, suffix = p.name.partition(".")
-        if suffix == "" or (suffix == "old" and name not in by_step):
-            by_step[name] = p
-    return [by_step[name] for name in sorted(by_step)]
+        step = step_of(p)
+        if step is not None and (p.suffix == "" or (p.suffix == ".old" and step not in by_step)):
+            by_step[step] = p
+    return [by_step[step] for step in sorted(by_step)]
 
 
-def prune(out_dir, keep: int) -> None:
+def prune(out_dir, keep: int, written: Path | None = None) -> None:
     """Keep the newest ``keep`` checkpoints; delete the older ones and any ``.old`` folder
-    whose step has a published checkpoint again."""
-    kept = set(completed(out_dir)[-keep:])
+    whose step has a published checkpoint again.
+
+    ``written``, the checkpoint a run has just saved, is always kept, with the ``keep - 1``
+    newest before it; checkpoints of later steps are left alone: a resumed run has skipped them
+    as damaged, and saving their step again replaces them."""
+    last = None if written is None else step_of(written)
+    done = [p for p in completed(out_dir) if last is None or step_of(p) <= last]
+    kept = set(done[-keep:])
     for path in checkpoint_root(out_dir).glob("step_*"):
-        if path.suffix != ".partial" and path not in kept:
+        step = step_of(path)
+        if path.suffix == ".partial" or path in kept or step is None:
+            continue
+        if last is None or step <= last:
             shutil.rmtree(path, ignore_errors=True)
 
 

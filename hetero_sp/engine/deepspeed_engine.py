@@ -9,11 +9,13 @@ sees one micro-batch per step and averages gradients over all ranks once per ste
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from hetero_sp.config import Config, OptimConfig
+from hetero_sp.engine import deepspeed_ops
 
 
 def deepspeed_config(cfg: Config) -> dict:
@@ -75,10 +77,17 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
         group["lr"] = lr
 
 
-def initialize(model: nn.Module, cfg: Config):
-    """Wrap ``model`` in a DeepSpeed engine with ZeRO as configured; returns the engine."""
+def initialize(model: nn.Module, cfg: Config, say_build: Callable[[str], None] | None = None):
+    """Wrap ``model`` in a DeepSpeed engine with ZeRO as configured; returns the engine.
+
+    DeepSpeed compiles its op into this environment's own folder
+    (:mod:`hetero_sp.engine.deepspeed_ops`) unless ``TORCH_EXTENSIONS_DIR`` is set;
+    ``say_build`` is told when that compile is about to happen."""
     import deepspeed
 
+    deepspeed_ops.use_environment_dir()
+    if say_build is not None:
+        deepspeed_ops.announce_build(say_build)
     engine, _, _, _ = deepspeed.initialize(
         model=model, optimizer=build_optimizer(model, cfg.optim), config=deepspeed_config(cfg)
     )

@@ -16,7 +16,7 @@ from typing import TextIO
 
 from hetero_sp.config import Config, ConfigError
 from hetero_sp.core.errors import UserError
-from hetero_sp.data.dataset import open_corpus
+from hetero_sp.data.open_corpus import open_corpus
 from hetero_sp.data.samplers import build_sampler
 from hetero_sp.engine.plan_modes import build_cost_model, make_plan_fn
 from hetero_sp.engine.topology_report import describe_topology, node_size_for, torchrun_nodes

@@ -2,7 +2,8 @@
 ``plan/``, ``comm/``, ...), appended to ``metrics.jsonl`` and written to tensorboard; and each
 step's plan with its measured group times, appended to ``plans.jsonl``.
 
-Only rank 0 writes; other ranks get a writer that does nothing.
+Only rank 0 writes; other ranks get a writer that does nothing. Both files are repaired before
+they are appended to when a crash cut their last line short (:mod:`hetero_sp.engine.records`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch.distributed as dist
 
 from hetero_sp.config import TrainConfig
 from hetero_sp.core.flops import configured_peak_flops, measure_matmul_flops
+from hetero_sp.engine.records import read_records, repair_partial_line
 
 
 def peak_memory_bytes(device: torch.device) -> int:
@@ -50,6 +52,7 @@ class MetricsWriter:
         if not enabled:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        repair_partial_line(self.path)
         self._file = open(self.path, "a", buffering=1)  # noqa: SIM115 - open for the whole run
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -80,16 +83,14 @@ def append_plan(out_dir: str | Path, step: int, plan, measured_group_s: list[lis
     """One line of ``plans.jsonl``: the step, its :class:`~hetero_sp.planner.Plan` as a dict and
     the measured seconds of every group of every micro-batch (``measured_group_s[m][g]``)."""
     record = {"step": step, "plan": plan.to_dict(), "measured_group_s": measured_group_s}
-    with open(Path(out_dir) / "plans.jsonl", "a") as f:
+    path = Path(out_dir) / "plans.jsonl"
+    repair_partial_line(path)
+    with open(path, "a") as f:
         f.write(json.dumps(record) + "\n")
 
 
 def read_metrics(path: str | Path) -> list[dict]:
-    """All records of a ``metrics.jsonl`` (later records for a step replace earlier ones)."""
-    by_step: dict[int, dict] = {}
-    with open(path) as f:
-        for line in f:
-            if line.strip():
-                record = json.loads(line)
-                by_step[record["step"]] = record
+    """All records of a ``metrics.jsonl`` by step (later records for a step replace earlier
+    ones); :class:`~hetero_sp.engine.records.RunFileError` names a line that is not a record."""
+    by_step = read_records(path)
     return [by_step[s] for s in sorted(by_step)]

@@ -8,21 +8,15 @@ predicted schedule above the measured one.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
+
+from hetero_sp.core.errors import UserError
+from hetero_sp.engine.records import read_records
 
 
 def _plans(run_dir: Path) -> dict[int, dict]:
     path = run_dir / "plans.jsonl"
-    if not path.is_file():
-        return {}
-    out = {}
-    with open(path) as f:
-        for line in f:
-            if line.strip():
-                record = json.loads(line)
-                out[record["step"]] = record
-    return out
+    return read_records(path) if path.is_file() else {}
 
 
 def _curves(records: list[dict], run_dir: Path) -> list[Path]:
@@ -73,19 +67,19 @@ def plot_run(run_dir: str | Path, steps: list[int] | None = None) -> list[Path]:
     run_dir = Path(run_dir)
     metrics = run_dir / "metrics.jsonl"
     if not metrics.is_file():
-        raise ValueError(f"{run_dir} has no metrics.jsonl: is it a training run's out_dir?")
+        raise UserError(f"{run_dir} has no metrics.jsonl: is it a training run's out_dir?")
     written = _curves(read_metrics(metrics), run_dir)
     plans = _plans(run_dir)
     if steps is None:
         steps = sorted({min(plans), max(plans)}) if plans else []
     elif steps and not plans:
-        raise ValueError(
+        raise UserError(
             f"{run_dir} has no plans.jsonl (or an empty one), so there are no plans to draw; "
             "leave out --steps to draw the curves only"
         )
     for step in steps:
         if step not in plans:
-            raise ValueError(
+            raise UserError(
                 f"step {step} has no plan in {run_dir}/plans.jsonl (planned steps "
                 f"{min(plans)}..{max(plans)}); pick steps in that range with --steps"
             )

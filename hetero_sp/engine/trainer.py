@@ -14,15 +14,17 @@ from tqdm import tqdm
 
 from hetero_sp.config import Config, ConfigError
 from hetero_sp.core.flops import training_flops
-from hetero_sp.data.dataset import open_corpus
+from hetero_sp.data.open_corpus import open_corpus
 from hetero_sp.data.samplers import build_sampler
 from hetero_sp.distributed import DistInfo
 from hetero_sp.engine import checkpoint as ckpt_io
 from hetero_sp.engine import deepspeed_engine
 from hetero_sp.engine.errors import agree
 from hetero_sp.engine.faults import maybe_fail
+from hetero_sp.engine.interrupt import Interrupted, StopSignals
 from hetero_sp.engine.metrics import MetricsWriter, append_plan, peak_memory_bytes, run_peak_flops
 from hetero_sp.engine.plan_modes import build_cost_model, make_plan_fn
+from hetero_sp.engine.run_dir import set_aside_earlier_run
 from hetero_sp.engine.step import group_times, imbalance, run_step
 from hetero_sp.engine.topology_report import (
     describe_topology,
@@ -68,9 +70,21 @@ class Trainer:
         self.num_params = sum(p.numel() for p in model.parameters())
 
         self.start_step = 0
-        resume = self._find_checkpoint() if cfg.train.resume else None
+        self.resumed_from: Path | None = None
+        if cfg.train.resume:
+            resume = self._find_checkpoint()
+        else:
+            resume = None
+            self._start_over()
         if resume is not None:  # everything that can refuse the checkpoint, before DeepSpeed
             self._check_compatible(resume)
+            if resume.step > cfg.train.steps:
+                raise ConfigError(
+                    f"train.steps: {cfg.train.steps} is below step {resume.step} of "
+                    f"{resume.path}, the checkpoint this run resumes from; set train.steps "
+                    f"above {resume.step} to train on, or start over with train.resume=false or "
+                    "a new train.out_dir"
+                )
             ckpt_io.load_model_weights(model, resume)
             self.sampler.load_state_dict(resume.meta["sampler"])
             if self.sampler.step != resume.step:
@@ -78,11 +92,12 @@ class Trainer:
                     f"{resume.path}: sampler state is at step {self.sampler.step}, the checkpoint "
                     f"at step {resume.step}"
                 )
-        self.engine = deepspeed_engine.initialize(model.to(info.device), cfg)
+        say_build = logger.info if info.local_rank == 0 else None  # each node builds it once
+        self.engine = deepspeed_engine.initialize(model.to(info.device), cfg, say_build)
         if resume is not None:
             ckpt_io.load_optimizer_state(self.engine, resume)
             ckpt_io.restore_rng(resume)
-            self.start_step = resume.step
+            self.start_step, self.resumed_from = resume.step, resume.path
             logger.info("resumed from %s at step %d", resume.path, resume.step)
         self.peak_flops = run_peak_flops(cfg.train, info.device)
         self.metrics = MetricsWriter(self.out_dir, enabled=self.is_main)
@@ -114,7 +129,13 @@ class Trainer:
 
     def _find_checkpoint(self) -> ckpt_io.LoadedCheckpoint | None:
         """Rank 0 picks the newest good checkpoint; every rank then loads that one."""
-        found = ckpt_io.load_latest(self.out_dir, self.info.rank) if self.is_main else None
+        found, failure = None, None
+        if self.is_main:
+            try:
+                found = ckpt_io.load_latest(self.out_dir, self.info.rank)
+            except ckpt_io.CheckpointError as err:  # every checkpoint broken: stop every rank
+                failure = err
+        agree(failure)
         choice = [str(found.path) if found is not None else None]
         dist.broadcast_object_list(choice, src=0)
         if choice[0] is None:
@@ -127,6 +148,22 @@ class Trainer:
                 failure = err
         agree(failure)  # a rank whose files are broken stops every rank, not only itself
         return found
+
+    def _start_over(self) -> None:
+        """``train.resume=false``: rank 0 moves an earlier run's files aside (see
+        :mod:`hetero_sp.engine.run_dir`) before any rank writes into the folder."""
+        moved, failure = None, None
+        if self.is_main:
+            try:
+                moved = set_aside_earlier_run(self.out_dir)
+            except OSError as err:
+                failure = err
+        agree(failure)
+        if moved is not None:
+            folder, names = moved
+            logger.info(
+                "train.resume=false: moved the earlier run's %s into %s", ", ".join(names), folder
+            )
 
     def _check_compatible(self, ckpt: ckpt_io.LoadedCheckpoint) -> None:
         saved = ckpt.meta.get("config", {})
@@ -258,8 +295,31 @@ class Trainer:
             self.engine, self.out_dir, step, meta, self.cfg.train.keep_checkpoints
         )
 
-    def run(self) -> Path:
+    def _stop(self, signum: int, step: int, last_ckpt: Path | None) -> None:
+        """Every rank, after the same step: save it (``train.ckpt_on_signal``), then raise."""
+        if self.cfg.train.ckpt_on_signal and (
+            last_ckpt is None or not last_ckpt.name.endswith(f"{step:08d}")
+        ):
+            last_ckpt = self.save(step)
+        self.ahead.close()
+        self.metrics.close()
+        raise Interrupted(signum, step, last_ckpt or self.resumed_from)
+
+    def run(self, stop: StopSignals | None = None) -> Path:
+        """Train up to ``train.steps``; returns the last checkpoint. With ``stop``, SIGINT and
+        SIGTERM end the run after a step, on every rank (:mod:`hetero_sp.engine.interrupt`)."""
         cfg = self.cfg
+        if self.start_step == cfg.train.steps:  # resumed at it (past it: refused in __init__)
+            if self.is_main:
+                logger.info(
+                    "nothing to train: %s is at step %d = train.steps; raise train.steps to "
+                    "train on",
+                    self.resumed_from,
+                    self.start_step,
+                )
+            self.ahead.close()
+            self.metrics.close()
+            return self.resumed_from
         steps = range(self.start_step, cfg.train.steps)
         bar = tqdm(
             steps,
@@ -271,6 +331,8 @@ class Trainer:
         last_ckpt = None
         if self.start_step < cfg.train.steps:
             self._submit(self.start_step)
+        if stop is not None:
+            stop.defer()
         for step in bar:
             maybe_fail(step + 1, self.info.rank, self.out_dir)
             m = self.train_step(step)
@@ -281,6 +343,12 @@ class Trainer:
             )
             if cfg.train.ckpt_every and (step + 1) % cfg.train.ckpt_every == 0:
                 last_ckpt = self.save(step + 1)
+            if stop is not None and step + 1 < cfg.train.steps:
+                signum = stop.agreed(self._cpu_group)
+                if signum is not None:
+                    bar.update()  # the bar counts a step when the loop asks for the next one
+                    bar.close()
+                    self._stop(signum, step + 1, last_ckpt)
         bar.close()
         self.ahead.close()
         if last_ckpt is None or not last_ckpt.name.endswith(f"{cfg.train.steps:08d}"):

@@ -25,6 +25,7 @@ from torch.nn.attention.bias import causal_lower_right
 
 from hetero_sp.core.errors import UserError
 from hetero_sp.core.names import LinearBackend, SoftmaxBackend, values
+from hetero_sp.ops.common.varlen import check_cu_seqlens
 from hetero_sp.ops.linear_attn.torch_chunk import torch_chunk_linear_attn
 
 
@@ -109,6 +110,17 @@ def varlen_softmax_attention(
     """
     if len(cu_seqlens_q) != len(cu_seqlens_k):
         raise ValueError("query and key streams must have the same number of documents")
+    if v_SGF.shape[0] != k_SGE.shape[0]:
+        raise ValueError(f"k has {k_SGE.shape[0]} tokens but v has {v_SGF.shape[0]}")
+    # A cu_seqlens that does not cover its tensor would return the wrong number of rows.
+    for name, cu, x in (
+        ("cu_seqlens_q", cu_seqlens_q, q_THE),
+        ("cu_seqlens_k", cu_seqlens_k, k_SGE),
+    ):
+        try:
+            check_cu_seqlens(list(cu), x.shape[0])
+        except ValueError as err:
+            raise ValueError(f"{name}: {err}") from None
     if scale is None:
         scale = q_THE.shape[-1] ** -0.5
     if resolve_softmax_backend(backend, q_THE.device, q_THE.dtype) == "flash":

@@ -25,8 +25,7 @@ identically.
 
 from __future__ import annotations
 
-import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -61,6 +60,11 @@ class GroupLayout:
     """Per rank, its global token ranges in local order."""
     long_docs: tuple[int, ...] = ()
     """Documents cut head-tail on their own (``zigzag``)."""
+    _segments: dict[int, tuple[Segment, ...]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+    """:meth:`segments` per rank, kept on the layout: it goes when the layout goes (the engine
+    builds layouts every micro-batch, so a cache shared by all of them would only grow)."""
 
     @property
     def num_tokens(self) -> int:
@@ -91,9 +95,13 @@ class GroupLayout:
             lo += 1
         return lo
 
-    @functools.cache  # noqa: B019 - the layout is frozen and small; caching per instance is intended
     def segments(self, rank: int) -> tuple[Segment, ...]:
         """Rank-local segments in local order."""
+        if rank not in self._segments:
+            self._segments[rank] = self._cut_segments(rank)
+        return self._segments[rank]
+
+    def _cut_segments(self, rank: int) -> tuple[Segment, ...]:
         out = []
         for start, end in self.pieces[rank]:
             pos = start

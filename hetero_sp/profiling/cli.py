@@ -92,7 +92,13 @@ def _profile(args: argparse.Namespace) -> int:
     import torch  # here, not at the top: `hetero-sp config` must not pay for importing torch
 
     from hetero_sp.distributed import init_distributed, shutdown_distributed
-    from hetero_sp.profiling.profiler import fit_compute, fit_link, time_collectives, time_compute
+    from hetero_sp.profiling.profiler import (
+        fit_compute,
+        fit_link,
+        fit_warnings,
+        time_collectives,
+        time_compute,
+    )
 
     cfg = load_config(args.config, args.overrides).model
     lengths = _ints(args.lengths, "--lengths")
@@ -145,6 +151,8 @@ def _profile(args: argparse.Namespace) -> int:
         )
         save_profile(profile, args.out)
         print(_report(profile))
+        for warning in fit_warnings(profile):
+            print(f"warning: {warning}", file=sys.stderr)
         print(f"wrote {args.out}")
     if world > 1:
         shutdown_distributed()

@@ -23,7 +23,7 @@ import torch.distributed as dist
 
 from hetero_sp.config import ModelConfig
 from hetero_sp.planner.cluster import Link, is_power_of_two
-from hetero_sp.planner.profile import ComputeFit
+from hetero_sp.planner.profile import ComputeFit, Profile
 
 # torch >= 2.10 renamed all_gather_into_tensor (the old name warns); older torch has only that.
 _all_gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
@@ -81,6 +81,54 @@ def fit_link(samples: Sequence[tuple[float, float]]) -> tuple[Link, float]:
     return Link(latency_s=float(latency), bandwidth_Bps=float(1.0 / per_byte)), _max_rel_err(
         pred, y
     )
+
+
+MAX_FIT_ERR = 0.25
+"""A fit whose largest relative error over its samples is above this prices plans that far off
+the measurements: :func:`fit_warnings` says so."""
+
+MAX_PLAUSIBLE_BANDWIDTH_BPS = 1e13
+"""10 TB/s per rank, beyond any interconnect (NVLink 5 moves 1.8 TB/s per GPU): a fitted
+bandwidth above it means the timings did not grow with the message size."""
+
+
+def fit_warnings(profile: Profile) -> list[str]:
+    """What is wrong with the profile's fits, a sentence each, then what to do about it."""
+    problems, hints = [], ["more --repeats"]
+    for kind, fit in profile.compute.items():
+        if fit.a2 == 0 and fit.a1 == 0:
+            problems.append(
+                f"compute {kind}: the fitted time does not grow with the length (a fixed "
+                f"{fit.fixed:.3e} s only)"
+            )
+            hints.append("longer --lengths")
+        if fit.max_rel_err > MAX_FIT_ERR:
+            problems.append(
+                f"compute {kind}: the fit misses a measured time by {fit.max_rel_err:.0%} "
+                f"(more than {MAX_FIT_ERR:.0%})"
+            )
+    for kind, by_size in profile.collectives.items():
+        for d, link in sorted(by_size.items()):
+            if link.bandwidth_Bps > MAX_PLAUSIBLE_BANDWIDTH_BPS:
+                problems.append(
+                    f"{kind} d={d}: a fitted bandwidth of {link.bandwidth_Bps / 1e9:.3g} GB/s is "
+                    f"not plausible (more than {MAX_PLAUSIBLE_BANDWIDTH_BPS / 1e9:.0f} GB/s): "
+                    "the timings did not grow with the message size"
+                )
+                hints.append("larger --message-bytes")
+            err = profile.collective_fit_err.get(kind, {}).get(d, 0.0)
+            if err > MAX_FIT_ERR:
+                problems.append(
+                    f"{kind} d={d}: the fit misses a measured time by {err:.0%} (more than "
+                    f"{MAX_FIT_ERR:.0%})"
+                )
+    if not problems:
+        return []
+    hints = list(dict.fromkeys(hints))
+    return problems + [
+        "plans priced with these fits inherit their errors: re-run `hetero-sp profile` with "
+        f"{' and '.join(hints)}, on a machine nothing else is using"
+    ]
 
 
 def _median_time(
