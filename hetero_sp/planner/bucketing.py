@@ -37,6 +37,27 @@ class Buckets:
         return self.added_tokens / self.total_tokens
 
 
+MAX_UNITS = 256
+"""Distinct lengths beyond this many are first merged into runs of lengths within a small
+relative width of each other (at most 5%, the narrowest that leaves this many runs), which the
+DP then treats as one length each: its cost grows with the square of the count."""
+
+
+def _units(distinct: np.ndarray, counts: np.ndarray, tokens: np.ndarray):
+    """Merge sorted distinct lengths into at most ``MAX_UNITS`` consecutive runs, each within a
+    relative width ``eps`` (the smallest of a few that suffices). Returns per run its longest
+    length, sequence count and tokens, and the run of every distinct length."""
+    logs = np.log(distinct.astype(float))
+    for eps in (0.001, 0.002, 0.005, 0.01, 0.02, 0.05):
+        key = np.floor(logs / np.log1p(eps)).astype(np.int64)
+        starts = np.flatnonzero(np.diff(key, prepend=key[0] - 1))
+        if len(starts) <= MAX_UNITS:
+            break
+    ends = np.append(starts[1:], len(distinct)) - 1
+    unit = np.cumsum(np.diff(key, prepend=key[0] - 1) != 0) - 1
+    return distinct[ends], np.add.reduceat(counts, starts), np.add.reduceat(tokens, starts), unit
+
+
 def bucket_lengths(
     lengths: Sequence[int],
     max_buckets: int,
@@ -60,13 +81,17 @@ def bucket_lengths(
         raise ValueError("cannot bucket an empty batch")
     arr = np.asarray(lengths, dtype=np.int64)
     distinct, inverse, counts = np.unique(arr, return_inverse=True, return_counts=True)
+    tokens = counts * distinct
+    if len(distinct) > MAX_UNITS:
+        distinct, counts, tokens, unit = _units(distinct, counts, tokens)
+        inverse = unit[inverse]
     n = len(distinct)
     k = min(max_buckets, n)
     enough = min(k, max_buckets if min_buckets is None else min_buckets)
     allowed = max_error * float(arr.sum()) if max_error > 0 else -1.0  # -1: use all k buckets
-    # cost[i, j]: tokens added when distinct lengths i..j (inclusive) form one bucket
+    # cost[i, j]: tokens added when units i..j (inclusive) form one bucket
     cum_cnt = np.concatenate([[0], np.cumsum(counts)])
-    cum_tok = np.concatenate([[0], np.cumsum(counts * distinct)])
+    cum_tok = np.concatenate([[0], np.cumsum(tokens)])
     i = np.arange(n)[:, None]
     j = np.arange(n)[None, :]
     cnt = cum_cnt[j + 1] - cum_cnt[i]

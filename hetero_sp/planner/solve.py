@@ -308,7 +308,7 @@ def plan_batch(
     base = split_micro_batches(lengths, cost)
     plan = _plan_split(base, arr, cost, options, budget)
     tried = kept = 0
-    if options.split_search and cost.topology.num_gpus > 1:
+    if options.split_search and cost.topology.num_gpus > 1 and not budget.out_of_time():
         for bound, parts in candidate_splits(lengths, cost, base):
             if bound >= plan.predicted_step_s * (1 - options.rel_gap):
                 continue  # cannot beat the plan in hand

@@ -53,6 +53,11 @@ class StepBudget:
         now = time.perf_counter()
         self.part_end = now + max(0.0, self.deadline - now) / num_left
 
+    def out_of_time(self) -> bool:
+        """True once no MILP round may start any more (the floor was given and less than it is
+        left): later micro-batches keep their fastest single-kind layout."""
+        return self.floor_given and self.deadline - time.perf_counter() < self.floor_s
+
     def milp_limit(self, fraction: float) -> float:
         """Seconds for the next MILP round; 0: no time left to start one."""
         now = time.perf_counter()
@@ -60,6 +65,45 @@ class StepBudget:
             return 0.0
         self.floor_given = True
         return max(self.floor_s, min(self.deadline - now, fraction * (self.part_end - now)))
+
+
+def _late_micro_batch(
+    lengths: np.ndarray,
+    index: Sequence[int],
+    cost: CostModel,
+    options: PlannerConfig,
+    lb: float,
+    start: float,
+) -> MicroBatchPlan:
+    """A micro-batch planned after the step's deadline, when no MILP round may start: the best
+    single-kind layout of its true lengths, without the bucketing only the MILP needs."""
+    packs = [
+        assign.homogeneous(lengths, cost, kind, improve_rounds=0)
+        for kind in cost.kinds
+        if int(lengths.max()) <= kind.max_tokens
+    ]
+    best = min((p for p in packs if p is not None), key=lambda p: p.makespan, default=None)
+    if best is None:
+        raise RuntimeError(
+            "no plan fits this micro-batch in memory; a planner bug, since the micro-batch "
+            "split accepted it"
+        )
+    return MicroBatchPlan(
+        groups=assign.group_plans(best, index),
+        makespan_s=best.makespan,
+        lower_bound_s=lb,
+        solver=SolverStats(
+            solver="homogeneous",
+            status="no MILP",
+            objective_s=None,
+            bound_s=None,
+            gap=None,
+            solve_s=time.perf_counter() - start,
+            num_buckets=0,
+            token_error=0.0,
+            note="no planning time left for MILP round 1",
+        ),
+    )
 
 
 def _milp_input(cost: CostModel, buckets: Buckets, means: tuple[int, ...]) -> MilpInput:
@@ -111,6 +155,8 @@ def plan_micro_batch(
     if budget is None:
         budget = StepBudget(options)
     lb = cost.lower_bound(lengths)
+    if budget.out_of_time() and cost.topology.num_gpus > 1:
+        return _late_micro_batch(lengths, index, cost, options, lb, start)
     buckets = bucket_lengths(
         lengths, options.bucket_cap, options.max_bucket_error, options.num_buckets
     )

@@ -112,3 +112,20 @@ def test_the_config_value_reaches_the_planner():
     assert pickle.loads(pickle.dumps(plan_fn)).options == planner.options
     assert planner.options.max_bucket_error == 0.125
     assert planner.options.bucket_cap == 4 * cfg.planner.num_buckets
+
+
+def test_many_distinct_lengths_are_merged_before_the_dp_and_stay_exact_upper_bounds():
+    from hetero_sp.planner.bucketing import MAX_UNITS
+
+    rng = np.random.default_rng(3)
+    lengths = [int(x) for x in np.exp(rng.uniform(np.log(16), np.log(300_000), 3000))]
+    assert len(set(lengths)) > 4 * MAX_UNITS
+    got = bucket_lengths(lengths, 64, max_error=0.05, min_buckets=16)
+    arr = np.asarray(lengths)
+    # Every sequence is in one bucket whose value is at least its length and is the bucket's
+    # longest; the reported error is the true one and meets the target.
+    assert sorted(i for m in got.members for i in m) == list(range(len(lengths)))
+    for value, members in zip(got.values, got.members):
+        assert value == arr[list(members)].max()
+    added = sum(v * len(m) - arr[list(m)].sum() for v, m in zip(got.values, got.members))
+    assert added == got.added_tokens and got.token_error <= 0.05
