@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from hetero_sp.core.errors import UserError
 from hetero_sp.data.dataset import DatasetError
 from hetero_sp.data.discover import FORMATS, discover_sources
 from hetero_sp.data.prepare import DEFAULT_SHARD_TOKENS, prepare
@@ -74,7 +75,7 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
             overwrite=args.overwrite,
         )
-    except (ValueError, ImportError) as err:
+    except (UserError, ImportError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     resumed = " (resumed an unfinished run)" if result["resumed"] else ""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import glob as globlib
 from pathlib import Path
 
+from hetero_sp.core.errors import UserError
 from hetero_sp.data.hf_source import HFDiskSource
 from hetero_sp.data.sources import JsonlSource, ParquetSource, Source, TextSource
 
@@ -40,9 +41,9 @@ def discover_sources(
     folder (its files matching ``pattern``) or a glob.
     """
     if fmt not in FORMATS:
-        raise ValueError(f"unknown input format {fmt!r}; allowed: {', '.join(FORMATS)}")
+        raise UserError(f"unknown input format {fmt!r}; allowed: {', '.join(FORMATS)}")
     if not inputs:
-        raise ValueError("give at least one input file, folder or glob")
+        raise UserError("give at least one input file, folder or glob")
     sources: list[Source] = []
     for text in inputs:
         path = Path(text)
@@ -52,7 +53,7 @@ def discover_sources(
             sources.append(HFDiskSource(path, field, split))
             continue
         if fmt == "hf":
-            raise ValueError(f"{text} is not a folder written by datasets' save_to_disk")
+            raise UserError(f"{text} is not a folder written by datasets' save_to_disk")
         if path.is_file():
             files = [path]
         elif path.is_dir():
@@ -65,6 +66,6 @@ def discover_sources(
                 if path.is_dir()
                 else (f"input {text} does not exist and matches no file")
             )
-            raise ValueError(f"{where}; check the path (or --glob)")
+            raise UserError(f"{where}; check the path (or --glob)")
         sources += [_file_source(p, fmt, field) for p in files]
     return sources

@@ -219,9 +219,9 @@ def prepare(
 ) -> dict:
     """Tokenize ``sources`` into a dataset folder (resuming an unfinished one); returns the summary."""
     if on_error not in ("stop", "skip"):
-        raise ValueError(f"on_error must be stop or skip, got {on_error!r}")
+        raise UserError(f"on_error must be stop or skip, got {on_error!r}")
     if shard_tokens < 1:
-        raise ValueError(f"shard_tokens must be positive, got {shard_tokens}")
+        raise UserError(f"shard_tokens must be positive, got {shard_tokens}")
     out = Path(out_dir)
     params = {
         "tokenizer": tokenizer.identity,

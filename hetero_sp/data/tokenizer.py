@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from hetero_sp.core.errors import UserError
+
 
 def token_dtype(vocab_size: int) -> np.dtype:
     """The smallest unsigned dtype that holds every id of a vocabulary."""
@@ -52,11 +54,11 @@ class HFTokenizer:
             ) from err
         path = Path(path)
         if not path.is_file():
-            raise ValueError(f"tokenizer file {str(path)!r} does not exist; give a tokenizer.json")
+            raise UserError(f"tokenizer file {str(path)!r} does not exist; give a tokenizer.json")
         try:
             self._tok = Tokenizer.from_file(str(path))
         except Exception as err:  # the Rust side raises a plain Exception on any parse error
-            raise ValueError(f"{path} is not a Hugging Face tokenizers JSON file: {err}") from err
+            raise UserError(f"{path} is not a Hugging Face tokenizers JSON file: {err}") from err
         self.spec = str(path)
         self.vocab_size = int(self._tok.get_vocab_size(with_added_tokens=True))
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
