@@ -184,8 +184,10 @@ class _Estimates:
     plan of the micro-batch with a short MILP (the homogeneous layouts alone misjudge mixed
     ones); inf when the members fit no layout."""
 
-    def __init__(self, arr: np.ndarray, cost: CostModel, options: PlannerConfig) -> None:
-        self.arr, self.cost = arr, cost
+    def __init__(
+        self, arr: np.ndarray, cost: CostModel, options: PlannerConfig, budget: StepBudget
+    ) -> None:
+        self.arr, self.cost, self.budget = arr, cost, budget
         self.options = dataclasses.replace(
             options, time_limit_s=_QUICK_MILP_S, min_time_limit_s=_QUICK_MILP_S
         )
@@ -193,6 +195,8 @@ class _Estimates:
 
     def __call__(self, members: Sequence[int]) -> float:
         key = tuple(sorted(members))
+        if key not in self.memo and not self.budget.time_left():
+            return float("inf")  # out of time: no new estimates, so no move is taken on them
         if key not in self.memo:
             lengths = self.arr[list(key)]
             if not key:
@@ -215,7 +219,7 @@ def improve_split(
     parts = [sorted(i for g in mb.groups for i in g.sequences) for mb in plan.micro_batches]
     if len(arr) > _MOVE_LIMIT or not budget.time_left():
         return None
-    quick = _Estimates(arr, cost, options)
+    quick = _Estimates(arr, cost, options, budget)
     est = [mb.makespan_s for mb in plan.micro_batches]
     for p, e in zip(parts, est):
         quick.memo[tuple(p)] = e

@@ -45,17 +45,17 @@ def test_never_slower_than_the_per_batch_homogeneous_plan():
     cost = CostModel(profile, profile.topology(16), zero_stage=3)
     lengths = [6000] * 54
     best_homogeneous = min(homogeneous_times(lengths, cost).values())
-    plan = plan_batch(lengths, cost, PlannerConfig(**EXACT))
+    plan = plan_batch(lengths, cost, PlannerConfig(time_limit_s=2.0, min_time_limit_s=0.2))
     assert plan.predicted_step_s <= best_homogeneous * (1 + 1e-9)
 
 
-@pytest.mark.parametrize("seed", range(12))
+@pytest.mark.parametrize("seed", range(8))
 def test_search_never_loses_to_the_token_balanced_split(seed):
     rng = np.random.default_rng(seed)
     world = int(rng.choice([2, 4, 8]))
     cost = synthetic_cost(world, 3000)
     lengths = [int(x) for x in rng.integers(50, 2900, int(rng.integers(3, 14)))]
-    options = dict(time_limit_s=5.0, min_time_limit_s=1.0, rel_gap=0.0, num_buckets=32)
+    options = dict(time_limit_s=1.0, min_time_limit_s=0.2, rel_gap=0.0, num_buckets=32)
     base = plan_batch(lengths, cost, PlannerConfig(**options, split_search=False))
     searched = plan_batch(lengths, cost, PlannerConfig(**options))
     validate_plan(searched, cost)
