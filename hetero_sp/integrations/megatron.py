@@ -9,6 +9,11 @@
   feed dataset-decomposition batches (HeteroSP samplers) into Megatron's ``pretrain`` as packed
   THD micro-batches (``--dataloader-type external --micro-batch-size 1
   --calculate-per-token-loss``).
+- Dynamic CP (Megatron's hybrid context parallelism, every sequence on its own group of the
+  DP x CP ranks): the layers follow ``packed_seq_params.cp_group``; :func:`use_hetero_sp_scheduler`
+  makes Megatron's data wrapper schedule with HeteroSP's planner; :func:`hybrid_cp_datasets_provider`
+  and :class:`HybridCPSamples` feed it dataset-decomposition steps; :func:`forward_step` runs its
+  sub-samples.
 - :func:`cpu_compat`: run it on a machine without CUDA (tests).
 
 See ``docs/megatron.md``. Needs the ``megatron`` extra (megatron-core >= 0.16).
@@ -34,23 +39,47 @@ from hetero_sp.integrations.megatron_attention import (
     HeteroLinearSelfAttention,
     HeteroSoftmaxCoreAttention,
 )
-from hetero_sp.integrations.megatron_compat import cpu_compat, local_layer_range
-from hetero_sp.integrations.megatron_data import DecomposedBatches, pack_micro_batch
+from hetero_sp.integrations.megatron_compat import (
+    cpu_compat,
+    local_layer_range,
+    rope_over_micro_batch_group,
+)
+from hetero_sp.integrations.megatron_data import (
+    DecomposedBatches,
+    HybridCPSamples,
+    pack_micro_batch,
+    pack_sub_samples,
+)
+from hetero_sp.integrations.megatron_dynamic_cp import (
+    dynamic_cp_cost_model,
+    hybrid_cp_group,
+    sub_sample_batch,
+    use_hetero_sp_scheduler,
+)
 from hetero_sp.integrations.megatron_layout import cp_layout, cp_shard_index
+from hetero_sp.integrations.megatron_schedule import HeteroSPCPScheduler, plan_phases
 
 __all__ = [
     "DecomposedBatches",
     "HeteroLinearSelfAttention",
+    "HeteroSPCPScheduler",
     "HeteroSoftmaxCoreAttention",
+    "HybridCPSamples",
     "cp_layout",
     "cpu_compat",
     "dd_datasets_provider",
+    "dynamic_cp_cost_model",
     "forward_step",
     "get_batch",
     "hybrid_block_spec",
+    "hybrid_cp_datasets_provider",
     "hybrid_layer_specs",
     "loss_func",
     "pack_micro_batch",
+    "pack_sub_samples",
+    "plan_phases",
+    "rope_over_micro_batch_group",
+    "use_hetero_sp_scheduler",
 ]
 
 
@@ -134,9 +163,22 @@ def hybrid_block_spec(
 def get_batch(batch: dict, cp_group=None):
     """This CP rank's shard of a packed micro-batch (:func:`pack_micro_batch`), on the current
     device: ``(tokens, labels, loss_mask, attention_mask=None, position_ids, packed_seq_params)``,
-    the first ones [1, T / CP]. ``cp_group`` defaults to Megatron's context-parallel group."""
-    group = cp_group if cp_group is not None else parallel_state.get_context_parallel_group()
-    cp_size, cp_rank = group.size(), group.rank()
+    the first ones [1, T / CP]. ``cp_group`` defaults to Megatron's context-parallel group.
+
+    A batch with ``local_cp_size`` (what Megatron's hybrid-CP schedule adds to each sub-sample)
+    is sharded over this rank's group of that many DP x CP ranks instead, and its
+    ``PackedSeqParams`` names the group (``cp_group``, ``local_cp_size``): a single sequence
+    ([n] tensors, as ``HybridCPDataLoaderWrapper`` routes them) by :func:`sub_sample_batch`, a
+    packed micro-batch here."""
+    local_size = batch.get("local_cp_size")
+    hybrid = local_size is not None
+    if hybrid:
+        group = hybrid_cp_group(int(local_size)) if cp_group is None else cp_group
+        if "cu_seqlens_padded" not in batch:
+            return sub_sample_batch(batch, group)
+    else:
+        group = cp_group if cp_group is not None else parallel_state.get_context_parallel_group()
+    cp_size, cp_rank = (1, 0) if group is None else (group.size(), group.rank())
     cu_padded = [int(x) for x in batch["cu_seqlens_padded"].flatten().tolist()]
     lengths = [b - a for a, b in zip(cu_padded, cu_padded[1:])]
     device = torch.device(torch.cuda.current_device()) if torch.cuda.is_available() else None
@@ -156,6 +198,7 @@ def get_batch(batch: dict, cp_group=None):
         cu_seqlens_kv_padded=cu_pad,
         max_seqlen_q=max_len,
         max_seqlen_kv=max_len,
+        **({"local_cp_size": cp_size, "cp_group": group} if hybrid else {}),
     )
     return (
         shard["tokens"],
@@ -180,9 +223,13 @@ def loss_func(loss_mask: torch.Tensor, output_tensor: torch.Tensor):
 
 
 def forward_step(data_iterator: Iterator[dict], model) -> tuple[torch.Tensor, Callable]:
-    """Megatron-LM's ``forward_step``: one micro-batch from the iterator through ``model``."""
+    """Megatron-LM's ``forward_step``: one micro-batch from the iterator through ``model`` (a
+    packed micro-batch, or a sub-sample of Megatron's hybrid-CP schedule: :func:`get_batch`)."""
     tokens, labels, loss_mask, attention_mask, position_ids, params = get_batch(next(data_iterator))
-    output = model(tokens, position_ids, attention_mask, labels=labels, packed_seq_params=params)
+    with rope_over_micro_batch_group(model, params):
+        output = model(
+            tokens, position_ids, attention_mask, labels=labels, packed_seq_params=params
+        )
     return output, functools.partial(loss_func, loss_mask)
 
 
@@ -212,4 +259,34 @@ def dd_datasets_provider(
         return train, None, None
 
     provider.is_distributed = True  # every rank builds its own (deterministic) iterator
+    return provider
+
+
+def hybrid_cp_datasets_provider(data: DataConfig, corpus=None) -> Callable:
+    """A ``train_valid_test_datasets_provider`` for Megatron-LM's ``pretrain`` with hybrid
+    context parallelism (``--hybrid-context-parallel --dataloader-type single``): the train
+    dataset is a :class:`HybridCPSamples` of the step's ``--global-batch-size`` packed samples
+    (micro-batch size 1), every sequence padded for any group of the DP x CP ranks; validation
+    and test: none. Megatron-LM's ``HybridCPMegatronPretrainingSampler`` picks each data-parallel
+    rank's items of a step and resumes from ``consumed_samples``."""
+    from hetero_sp.data.open_corpus import open_corpus
+    from hetero_sp.data.samplers import build_sampler
+
+    def provider(train_val_test_num_samples=None, vp_stage=None):
+        from megatron.core.num_microbatches_calculator import get_num_microbatches
+
+        dp = parallel_state.get_data_parallel_world_size()
+        bins = get_num_microbatches() * dp
+        total = train_val_test_num_samples[0] if train_val_test_num_samples else 0
+        train = HybridCPSamples(
+            build_sampler(data, corpus if corpus is not None else open_corpus(data)),
+            bins_per_step=bins,
+            dp_cp_size=parallel_state.get_data_parallel_world_size(with_context_parallel=True),
+            dp_rank=parallel_state.get_data_parallel_rank(),
+            dp_size=dp,
+            num_steps=max(1, -(-total // bins)) if total else 1 << 30,
+        )
+        return train, None, None
+
+    provider.is_distributed = True  # every rank builds its own (deterministic) dataset
     return provider

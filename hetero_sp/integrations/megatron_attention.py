@@ -14,12 +14,15 @@ tensor-parallel rank, G key/value heads, E head dim, X any trailing shape.
 
 The local shard's documents come from :mod:`.megatron_layout`: with ``packed_seq_params`` in the
 THD format, the padded documents of ``cu_seqlens_q_padded`` (``cu_seqlens_q`` when not padded);
-otherwise each of the b rows is one document of length s CP.
+otherwise each of the b rows is one document of length s CP. CP is the size of the micro-batch's
+group (:func:`micro_batch_cp_group`): ``packed_seq_params.cp_group`` under Megatron's hybrid
+context parallelism, else the layer's context-parallel group.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
 from megatron.core.transformer.enums import AttnMaskType
 from megatron.core.transformer.module import MegatronModule
@@ -54,16 +57,42 @@ def _doc_lengths(packed_seq_params) -> list[int]:
     return lengths
 
 
+def micro_batch_cp_group(packed_seq_params, layer_group):
+    """The CP group a micro-batch runs over, as Transformer Engine's attention reads it:
+    ``packed_seq_params.cp_group`` when set (Megatron's hybrid context parallelism gives every
+    sub-sample its own group of the DP x CP ranks); no group (one rank) when only
+    ``local_cp_size=1`` is set; otherwise the layer's own context-parallel group."""
+    group = getattr(packed_seq_params, "cp_group", None)
+    local_size = getattr(packed_seq_params, "local_cp_size", None)
+    if group is None and local_size is None:
+        return layer_group
+    if group is not None and not isinstance(group, dist.ProcessGroup):
+        raise UserError(
+            "packed_seq_params.cp_group must be a torch.distributed ProcessGroup (Megatron's "
+            f"hybrid context parallelism), got {type(group).__name__}"
+        )
+    if layer_group is not None and layer_group.size() > 1:
+        # GPTModel falls back to the layer's group for RoPE when a sub-sample has none.
+        raise UserError(
+            "per-micro-batch CP groups (hybrid context parallelism) need "
+            f"context_parallel_size=1, got {layer_group.size()}; the groups come from the "
+            "data-parallel ranks (Megatron-LM: --context-parallel-size 1 --hybrid-context-parallel)"
+        )
+    size = 1 if group is None else group.size()
+    if local_size is not None and int(local_size) != size:
+        raise UserError(
+            f"packed_seq_params.local_cp_size={int(local_size)} but its cp_group has {size} "
+            "ranks; give the group of that many ranks (or none for local_cp_size=1)"
+        )
+    return group
+
+
 def _shard_seqs(
     num_local: int, rows: int, packed_seq_params, cp_group, device, **strategies: str
 ) -> PackedSeqs:
-    """This rank's documents: the THD batch's padded documents, or ``rows`` rows of equal length."""
-    if getattr(packed_seq_params, "cp_group", None) not in (None, cp_group):
-        # Megatron's own RoPE in S layers shards by the layer's CP group, not this one.
-        raise UserError(
-            "packed_seq_params.cp_group (hybrid context parallelism) is not supported; leave it "
-            "None so every layer uses Megatron's context-parallel group"
-        )
+    """This rank's documents: the THD batch's padded documents, or ``rows`` rows of equal length,
+    over the micro-batch's CP group (:func:`micro_batch_cp_group`)."""
+    cp_group = micro_batch_cp_group(packed_seq_params, cp_group)
     cp_size = 1 if cp_group is None else cp_group.size()
     if _is_thd(packed_seq_params):
         lengths = _doc_lengths(packed_seq_params)

@@ -13,18 +13,31 @@ CPU: megatron-core assumes CUDA in three places a CPU forward/backward reaches (
 ``torch.cuda.current_device()``; with context parallelism on [s, b] batches,
 ``get_pos_emb_on_this_cp_rank`` builds its index in pinned memory and moves it with
 ``.cuda()``; and Megatron's own ``DotProductAttention`` forks the CUDA RNG tracker for
-attention dropout (HeteroSP's attention has no dropout and never forks). :func:`cpu_compat`
-covers the three for the duration of a ``with`` block; nothing is patched at import time.
+attention dropout (HeteroSP's attention has no dropout and never forks). Hybrid context
+parallelism (checked on 0.16.1) adds more: ``forward_backward_no_pipelining`` and
+``hybrid_context_parallel_forward_backward`` create tensors with ``device="cuda"``,
+``HybridCPDataLoaderWrapper`` moves its lengths and samples with ``.cuda()``, and
+``get_batch_on_this_hybrid_cp_rank`` builds ``cu_seqlens`` with ``device="cuda",
+pin_memory=True``. :func:`cpu_compat` covers all of them for the duration of a ``with`` block;
+nothing is patched at import time.
+
+Hybrid context parallelism and RoPE (0.16.1): for ``[s, b]`` sub-samples ``GPTModel`` slices the
+rotary table by ``packed_seq_params.cp_group``, which is right; for packed THD batches
+``SelfAttention`` applies RoPE with its own ``pg_collection.cp``, not the micro-batch's group.
+:func:`rope_over_micro_batch_group` gives the attention modules the micro-batch's group for one
+forward.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import importlib.metadata
 import inspect
 from collections.abc import Iterator
 
 import torch
+from torch.overrides import TorchFunctionMode
 
 from hetero_sp.core.errors import UserError
 
@@ -151,9 +164,12 @@ def cpu_compat(seed: int = 1234) -> Iterator[CPURNGTracker]:
     - the rotary embedding's per-CP-rank slice indexes on the CPU;
     - Megatron's RNG tracker is a :class:`CPURNGTracker` with the model-, data- and
       expert-parallel streams seeded from ``seed`` (as ``model_parallel_cuda_manual_seed`` does
-      on GPUs, with the TP rank of an initialised model-parallel state).
+      on GPUs, with the TP rank of an initialised model-parallel state);
+    - tensors created with ``device="cuda"`` or ``pin_memory=True``, or moved with ``.cuda()``,
+      stay on the CPU (:class:`CUDAOnCPU`, on this thread: hybrid context parallelism's
+      schedule, data wrapper and batch function).
 
-    Both are restored on exit. The patch of ``torch.cuda.current_device`` is process-wide while
+    All are restored on exit. The patch of ``torch.cuda.current_device`` is process-wide while
     the block runs: use it for CPU tests and debugging, never on a GPU machine. Build the model
     with ``TransformerConfig(use_cpu_initialization=True, ...)`` and the fusions off
     (``bias_dropout_fusion``, ``masked_softmax_fusion``, ``apply_rope_fusion``,
@@ -181,7 +197,65 @@ def cpu_compat(seed: int = 1234) -> Iterator[CPURNGTracker]:
     for owner, name, value in patches:
         setattr(owner, name, value)
     try:
-        yield tracker
+        with CUDAOnCPU():
+            yield tracker
     finally:
         for owner, name, value in saved:
             setattr(owner, name, value)
+
+
+def _is_cuda(device) -> bool:
+    if isinstance(device, str):
+        return device.startswith("cuda")
+    return isinstance(device, torch.device) and device.type == "cuda"
+
+
+class CUDAOnCPU(TorchFunctionMode):
+    """Keeps on the CPU the tensors megatron-core creates or moves onto CUDA: ``device="cuda"``
+    becomes the CPU, ``pin_memory=True`` is dropped, ``Tensor.cuda()`` and
+    ``Tensor.pin_memory()`` return the tensor. A torch function mode: active on the thread that
+    entered it, for as long as it is entered."""
+
+    _MOVES = (torch.Tensor.cuda, torch.Tensor.pin_memory)
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in self._MOVES:
+            return args[0]
+        if _is_cuda(kwargs.get("device")) or kwargs.get("pin_memory"):
+            kwargs = dict(kwargs)
+            if _is_cuda(kwargs.get("device")):
+                kwargs["device"] = "cpu"
+            kwargs.pop("pin_memory", None)
+        return func(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def rope_over_micro_batch_group(model: torch.nn.Module, packed_seq_params) -> Iterator[None]:
+    """For one forward of ``model``: its attention modules apply RoPE to a packed THD batch over
+    the micro-batch's CP group (``packed_seq_params.cp_group``) instead of their own.
+
+    megatron-core 0.16.1's ``SelfAttention`` shards a THD batch's rotary positions by its
+    ``pg_collection.cp``; under hybrid context parallelism the batch is sharded over the
+    micro-batch's group. Every module with a ``pg_collection`` and a ``core_attention`` gets a
+    copy of its collection with ``cp`` replaced, restored on exit. The backward does not read
+    it; recomputing attention in the backward (activation recompute) would, so do not combine the
+    two. Nothing changes for ``[s, b]`` batches (``GPTModel`` already slices their table by the
+    micro-batch's group) or when the batch names no group.
+    """
+    group = getattr(packed_seq_params, "cp_group", None)
+    if group is None or getattr(packed_seq_params, "qkv_format", None) != "thd":
+        yield
+        return
+    saved = []
+    for module in model.modules():
+        if hasattr(module, "core_attention") and getattr(module, "pg_collection", None) is not None:
+            swapped = copy.copy(module.pg_collection)
+            swapped.cp = group
+            saved.append((module, module.pg_collection))
+            module.pg_collection = swapped
+    try:
+        yield
+    finally:
+        for module, collection in saved:
+            module.pg_collection = collection
