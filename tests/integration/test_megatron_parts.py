@@ -152,9 +152,11 @@ def test_spec_errors():
         HeteroSoftmaxCoreAttention(cfg, 1, AttnMaskType.padding, attention_dropout=0.0)
 
 
-def test_per_micro_batch_cp_group_is_refused():
+def test_a_per_micro_batch_cp_group_that_is_no_process_group_is_refused():
+    # The layers run over packed_seq_params.cp_group (dynamic CP, tests/integration/
+    # test_megatron_dynamic_cp.py); anything else in that field is a clear error.
     params = PackedSeqParams(qkv_format="thd", cu_seqlens_q=torch.tensor([0, 4]), cp_group=object())
-    with pytest.raises(ValueError, match="hybrid context parallelism"):
+    with pytest.raises(ValueError, match="must be a torch.distributed ProcessGroup"):
         _shard_seqs(4, 1, params, None, torch.device("cpu"))
 
 
