@@ -1,20 +1,33 @@
 """Planner benchmark: simulated steps on 8-256 GPUs priced with the H100 estimate profile.
 
-For the same batches of long-tailed lengths it compares, in predicted step time:
+For the same batches and the same cost model it compares, in predicted step time
+(``hetero_sp.planner.compare``, the code path of ``hetero-sp simulate``):
 - static: the best single SP degree for the whole run (DeepSpeed-Ulysses style),
 - homogeneous: the best single degree chosen per batch,
+- FlexSP: the planner restricted to FlexSP's formulation (Ulysses, groups of 2, 4, 8, ...,
+  10 s planning limit),
+- Megatron: Megatron-core's ``BalancedCPScheduler`` (hybrid context parallelism), its CP groups
+  priced by the cost model, each sequence its own forward and backward,
 - HeteroSP: the planner's heterogeneous groups,
 - lower bounds: total GPU-seconds / GPUs (or the slowest sequence), and the MILP's own bound;
-plus the planner's solve time (p50/p95), the p95 over micro-batches of the bucket token error
-(tokens that rounding every length up to its bucket's longest adds), and how long the training
-loop waits for a plan solved one step ahead (``PlanAhead``, on a thread and on a process) and how
-much the solve slows a fake step of fixed CPU work beside it.
+plus planning times (p50/p95), the p95 over micro-batches of the bucket token error (tokens that
+rounding every length up to its bucket's longest adds), and how long the training loop waits for
+a plan solved one step ahead (``PlanAhead``, on a thread and on a process) and how much the solve
+slows a fake step of fixed CPU work beside it.
+
+Lengths: three synthetic long-tailed distributions and the embedded corpus (the standard
+library's Python files, byte tokens: ``hetero_sp.data.embedded``). Batches: a number of
+sequences per step (by GPU count), or a token budget (``--batching seqs,1M,4M``) filled by
+drawing documents. Documents are cut to the longest one every method can schedule (``--cut
+common``), so every method sees the same batches; ``--cut hetero`` keeps what HeteroSP's
+biggest group holds, and a baseline that cannot hold a batch reports it as unplannable.
 
 Writes benchmarks/results/planner.json and one Gantt chart, benchmarks/results/planner_gantt.png.
 
-    python benchmarks/planner.py                         # default: ~2 minutes on 2 busy cores
-    python benchmarks/planner.py --gpus 64 --batches 20  # a bigger sweep
-    python benchmarks/planner.py --layers SSSS           # a softmax-only model, same dims
+    python benchmarks/planner.py                     # default: 8 and 64 GPUs, ~4 minutes, 2 cores
+    python benchmarks/planner.py --gpus 8,64,256 --batching seqs,1M,4M   # a bigger sweep
+    python benchmarks/planner.py --layers SSSS       # a softmax-only model, same dims
+    python benchmarks/planner.py planner.split_search=false  # planner options as config keys
 """
 
 from __future__ import annotations
@@ -33,23 +46,40 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from records import machine_record  # noqa: E402
 
-from hetero_sp.planner import CostModel, PlanAhead, Planner, PlannerConfig  # noqa: E402
+from hetero_sp.config import load_config  # noqa: E402
+from hetero_sp.data.embedded import embedded_dataset  # noqa: E402
+from hetero_sp.planner import CostModel, PlanAhead, Planner  # noqa: E402
 from hetero_sp.planner.cluster import Link  # noqa: E402
+from hetero_sp.planner.compare import (  # noqa: E402
+    FLEXSP_TIME_LIMIT_S,
+    HEADER,
+    Comparison,
+    StepBatch,
+    corpus_source,
+    distribution_source,
+    draw_batch,
+    format_notes,
+    format_row,
+)
 from hetero_sp.planner.estimate import h100_estimate  # noqa: E402
 from hetero_sp.planner.gantt import draw_gantt  # noqa: E402
-from hetero_sp.planner.simulate import (  # noqa: E402
-    DISTRIBUTIONS,
-    homogeneous_times,
-    milp_bound,
-    sample_lengths,
-    step_lower_bound,
-)
+from hetero_sp.planner.simulate import DISTRIBUTIONS, sample_lengths  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DEFAULT_SEQS = {8: 64, 16: 128, 32: 256, 64: 512, 128: 1024, 256: 1024}
+CORPUS = "stdlib"
+"""The embedded corpus's name in ``--dists``."""
 
 
-def run_config(num_gpus, dist, args, profile, model):
+def parse_batching(text: str, num_gpus: int, seqs: int) -> StepBatch:
+    """``seqs`` (sequences per step: --seqs, or by GPU count), or a token budget: 1M, 500K."""
+    if text == "seqs":
+        return StepBatch(sequences=seqs or DEFAULT_SEQS.get(num_gpus, 8 * num_gpus))
+    scale = {"K": 1_000, "M": 1_000_000}.get(text[-1:].upper(), 1)
+    return StepBatch(tokens=int(float(text.rstrip("KkMm")) * scale))
+
+
+def run_config(num_gpus, dist, batching, args, profile, model, corpus):
     overrides = {}
     if args.inter_node_gbps:
         inter = Link(
@@ -59,67 +89,36 @@ def run_config(num_gpus, dist, args, profile, model):
     cost = CostModel(
         profile, profile.topology(num_gpus, **overrides), zero_stage=args.zero_stage, model=model
     )
-    options = PlannerConfig(time_limit_s=args.time_limit, max_bucket_error=args.max_bucket_error)
-    planner = Planner(cost, options)
-    rng = np.random.default_rng([args.seed, num_gpus, list(DISTRIBUTIONS).index(dist)])
-    max_len = cost.groups[cost.sizes[-1]].max_tokens
-    num_seqs = args.seqs or DEFAULT_SEQS.get(num_gpus, 8 * num_gpus)
-    rows, first_plan = [], None
-    for _ in range(args.batches):
-        lengths = sample_lengths(DISTRIBUTIONS[dist], num_seqs, rng, max_len)
-        start = time.perf_counter()
-        plan = planner(lengths)
-        solve_s = time.perf_counter() - start
-        first_plan = first_plan or plan
-        rows.append(
-            dict(
-                tokens=sum(lengths),
-                max_len=max(lengths),
-                micro_batches=len(plan.micro_batches),
-                hetero_s=plan.predicted_step_s,
-                homog_s={str(d): t for d, t in homogeneous_times(lengths, cost).items()},
-                lower_bound_s=step_lower_bound(lengths, cost),
-                split_bound_s=sum(mb.lower_bound_s for mb in plan.micro_batches),
-                milp_bound_s=milp_bound(plan),
-                solve_s=solve_s,
-                max_gap=max((mb.solver.gap or 0.0) for mb in plan.micro_batches),
-                token_errors=[mb.solver.token_error for mb in plan.micro_batches],
-            )
-        )
-    static = {}
-    for d in map(str, cost.sizes):
-        if all(d in r["homog_s"] for r in rows):
-            static[d] = sum(r["homog_s"][d] for r in rows)
-    best_static = min(static, key=static.get)
-    hetero = sum(r["hetero_s"] for r in rows)
-    homog = sum(min(r["homog_s"].values()) for r in rows)
-    solve = np.array([r["solve_s"] for r in rows])
-    summary = dict(
-        gpus=num_gpus,
-        dist=dist,
-        seqs=num_seqs,
-        batches=args.batches,
-        static_degree=int(best_static),
-        static_s=static[best_static],
-        homog_s=homog,
-        hetero_s=hetero,
-        lower_bound_s=sum(r["lower_bound_s"] for r in rows),
-        split_bound_s=sum(r["split_bound_s"] for r in rows),
-        milp_bound_s=sum(r["milp_bound_s"] for r in rows),
-        speedup_vs_static=static[best_static] / hetero,
-        speedup_vs_homog=homog / hetero,
-        over_lower_bound=hetero / sum(r["lower_bound_s"] for r in rows),
-        over_split_bound=hetero / sum(r["split_bound_s"] for r in rows),
-        solve_p50_s=float(np.percentile(solve, 50)),
-        solve_p95_s=float(np.percentile(solve, 95)),
-        token_error_p95=float(np.percentile([e for r in rows for e in r["token_errors"]], 95)),
-        micro_batches=float(np.mean([r["micro_batches"] for r in rows])),
-        batches_detail=rows,
+    options = load_config(None, args.overrides).planner
+    for key, value in (
+        ("time_limit_s", args.time_limit),
+        ("max_bucket_error", args.max_bucket_error),
+    ):
+        if value is not None:
+            options = dataclasses.replace(options, **{key: value})
+    comparison = Comparison(
+        cost,
+        options,
+        flexsp_time_limit_s=args.flexsp_time_limit,
+        flexsp=not args.no_flexsp,
+        megatron=not args.no_megatron,
     )
+    max_len = comparison.max_len
+    if args.cut == "hetero":
+        max_len = cost.capacity(cost.sizes[-1])
+    names = [*DISTRIBUTIONS, CORPUS]
+    rng = np.random.default_rng(
+        [args.seed, num_gpus, names.index(dist), args.batching.split(",").index(batching)]
+    )
+    source = corpus_source(corpus) if dist == CORPUS else distribution_source(DISTRIBUTIONS[dist])
+    batch = parse_batching(batching, num_gpus, args.seqs)
+    batches = [draw_batch(source, batch, rng, max_len) for _ in range(args.batches)]
+    summary, first_plan = comparison.run(batches)
+    summary.update(gpus=num_gpus, dist=dist, batch=batch.label, max_len=max_len)
     return summary, first_plan, cost
 
 
-def measure_run_ahead(cost, dist, num_seqs, steps, step_s, seed, work, worker):
+def measure_run_ahead(cost, options, dist, num_seqs, steps, step_s, seed, work, worker):
     """Fake training steps (~step_s each) while the next plan solves on the worker thread.
     ``work``: "numpy" (256 x 256 matrix products, which release the interpreter lock) or
     "small-ops" (64 x 64 torch ops, mostly Python dispatch that holds the lock, like the host
@@ -131,7 +130,7 @@ def measure_run_ahead(cost, dist, num_seqs, steps, step_s, seed, work, worker):
     batches = [
         sample_lengths(DISTRIBUTIONS[dist], num_seqs, rng, max_len) for _ in range(steps + 1)
     ]
-    planner = Planner(cost, PlannerConfig())
+    planner = Planner(cost, options)
     a = np.random.default_rng(0).standard_normal((256, 256))
     x = torch.randn(64, 64)
 
@@ -183,16 +182,30 @@ def measure_run_ahead(cost, dist, num_seqs, steps, step_s, seed, work, worker):
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--gpus", default="8,64,256", help="simulated GPU counts")
-    parser.add_argument("--dists", default=",".join(DISTRIBUTIONS))
-    parser.add_argument("--batches", type=int, default=12, help="batches per configuration")
+    parser.add_argument("--gpus", default="8,64", help="simulated GPU counts")
+    parser.add_argument("--dists", default=",".join([*DISTRIBUTIONS, CORPUS]))
+    parser.add_argument(
+        "--batching", default="seqs,1M", help="seqs (by GPU count) and/or tokens per step: 4M"
+    )
+    parser.add_argument("--batches", type=int, default=2, help="batches per configuration")
     parser.add_argument("--seqs", type=int, default=0, help="sequences per batch (0: by GPUs)")
-    parser.add_argument("--time-limit", type=float, default=PlannerConfig().time_limit_s)
+    parser.add_argument(
+        "overrides", nargs="*", help="planner.key=value: planner options (HeteroSP and FlexSP)"
+    )
+    parser.add_argument("--time-limit", type=float, help="default: planner.time_limit_s")
+    parser.add_argument("--flexsp-time-limit", type=float, default=FLEXSP_TIME_LIMIT_S)
+    parser.add_argument("--no-flexsp", action="store_true", help="leave the FlexSP baseline out")
+    parser.add_argument("--no-megatron", action="store_true", help="leave Megatron out")
+    parser.add_argument(
+        "--cut",
+        choices=("common", "hetero"),
+        default="common",
+        help="cut documents to what every method holds, or to what HeteroSP holds",
+    )
     parser.add_argument(
         "--max-bucket-error",
         type=float,
-        default=PlannerConfig().max_bucket_error,
-        help="token error the bucketing aims under (0: exactly 16 buckets)",
+        help="token error the bucketing aims under (0: exactly 16 buckets; default: the config's)",
     )
     parser.add_argument("--zero-stage", type=int, default=3)
     parser.add_argument("--layers", default="", help="override the layer pattern (e.g. SSSS...)")
@@ -208,36 +221,40 @@ def main() -> int:
     if args.layers:
         layers = (args.layers * len(model.layers))[: len(model.layers)]
         model = dataclasses.replace(model, layers=layers)
+    corpus = embedded_dataset("byte").lengths() if CORPUS in args.dists.split(",") else None
     results, gantt_plan = [], None
     load_start = os.getloadavg()
+    start = time.perf_counter()
     print(f"model {model.layers} (dim {model.dim}); profile: {profile.label}")
     print(f"machine: {os.cpu_count()} cores, load average {load_start[0]:.1f} at the start")
-    header = (
-        f"{'gpus':>4} {'dist':>12} {'seqs':>5} {'mb':>4} {'static':>9} {'d':>3} {'homog':>9} "
-        f"{'hetero':>9} {'x static':>8} {'x homog':>7} {'/LB':>6} {'/splitLB':>8} {'/MILPb':>6} "
-        f"{'p50 s':>6} {'p95 s':>6} {'err p95':>7}"
-    )
-    print(header)
+    if corpus is not None:
+        print(
+            f"{CORPUS}: {len(corpus)} standard-library files, byte tokens, median "
+            f"{int(np.median(corpus))}, max {int(corpus.max())}"
+        )
+    print(HEADER)
+    notes = []
     for num_gpus in map(int, args.gpus.split(",")):
         for dist in args.dists.split(","):
-            s, plan, cost = run_config(num_gpus, dist, args, profile, model)
-            results.append(s)
-            if num_gpus == 64 and dist == "web" or gantt_plan is None:
-                gantt_plan = (plan, cost, f"HeteroSP plan: {dist} batch on {num_gpus} GPUs")
-            print(
-                f"{num_gpus:>4} {dist:>12} {s['seqs']:>5} {s['micro_batches']:>4.1f} "
-                f"{s['static_s']:>9.1f} {s['static_degree']:>3} {s['homog_s']:>9.1f} "
-                f"{s['hetero_s']:>9.1f} {s['speedup_vs_static']:>8.2f} {s['speedup_vs_homog']:>7.2f} "
-                f"{s['over_lower_bound']:>6.3f} {s['over_split_bound']:>8.3f} "
-                f"{s['hetero_s'] / s['milp_bound_s']:>6.3f} {s['solve_p50_s']:>6.2f} "
-                f"{s['solve_p95_s']:>6.2f} {s['token_error_p95']:>7.1%}",
-                flush=True,
-            )
+            for batching in args.batching.split(","):
+                s, plan, cost = run_config(num_gpus, dist, batching, args, profile, model, corpus)
+                results.append(s)
+                if num_gpus == 64 and dist == "web" and batching == "seqs" or gantt_plan is None:
+                    title = f"HeteroSP plan: {dist} batch ({s['batch']}) on {num_gpus} GPUs"
+                    gantt_plan = (plan, cost, title)
+                print(format_row(num_gpus, dist, s["batch"], s), flush=True)
+                notes += [f"{num_gpus} {dist} {s['batch']}: {n}" for n in format_notes(s)]
+    for line in notes:
+        print(line)
+    print(f"comparison took {time.perf_counter() - start:.0f} s")
     plan, cost, title = gantt_plan
     gantt = draw_gantt(plan, cost, args.gantt, title) if args.gantt else None
     ahead_cost = CostModel(profile, profile.topology(64), zero_stage=args.zero_stage, model=model)
+    ahead_options = load_config(None, args.overrides).planner
     ahead = [
-        measure_run_ahead(ahead_cost, "code", 512, args.ahead_steps, 2.0, args.seed, work, worker)
+        measure_run_ahead(
+            ahead_cost, ahead_options, "code", 512, args.ahead_steps, 2.0, args.seed, work, worker
+        )
         for work in ("numpy", "small-ops")
         for worker in ("thread", "process")
     ]

@@ -6,6 +6,7 @@
     hetero-sp verify DIR                                         check a prepared dataset's files
     hetero-sp profile --out FILE [--config FILE]                 measure the planner's costs
     hetero-sp plot RUN_DIR [--steps N,M]                          curves and plan Gantt charts
+    hetero-sp simulate CORPUS --gpus N --tokens-per-step T      HeteroSP vs baselines on it
 
 Training itself is launched with torchrun: ``torchrun ... -m hetero_sp.train --config FILE``.
 """
@@ -21,7 +22,9 @@ import typing
 from hetero_sp.config import SECTIONS, field_docs, load_config
 from hetero_sp.core.errors import EXIT_USER_ERROR, UserError
 from hetero_sp.data.cli import add_prepare_parser, add_verify_parser
+from hetero_sp.data.lengths import corpus_lengths
 from hetero_sp.engine.plots import add_plot_parser
+from hetero_sp.planner.cli import add_simulate_parser
 from hetero_sp.profiling.cli import add_profile_parser
 
 
@@ -116,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_verify_parser(sub)
     add_profile_parser(sub)
     add_plot_parser(sub)
+    add_simulate_parser(sub, corpus_lengths)
     return parser
 
 

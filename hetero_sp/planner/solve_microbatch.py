@@ -176,9 +176,20 @@ def plan_micro_batch(
         if pack is not None and (warm is None or pack.makespan < warm.makespan):
             warm = pack
     if warm is not None:
-        best = assign.homogeneous(
-            lengths, cost, warm.specs[0], options.improve_rounds, budget.deadline
-        )
+        # The fall-back is the best single-kind layout of the true lengths, which need not be
+        # the kind that is best over bucket means (the MILP's warm start).
+        packs = [
+            assign.homogeneous(lengths, cost, kind, improve_rounds=0)
+            for kind in cost.kinds
+            if int(lengths.max()) <= kind.max_tokens
+        ]
+        packs = [p for p in packs if p is not None] or [warm]
+        top = min(p.makespan for p in packs)
+        # Local search reorders close candidates, so improve every kind within 2% of the best.
+        for kind in [p.specs[0] for p in packs if p.makespan <= top * 1.02]:
+            pack = assign.homogeneous(lengths, cost, kind, options.improve_rounds, budget.deadline)
+            if pack is not None and (best is None or pack.makespan < best.makespan):
+                best = pack
     stats = dict(solver="homogeneous", status="no MILP", objective_s=None, bound_s=None, gap=None)
     notes = []
     if cost.topology.num_gpus == 1:

@@ -169,10 +169,11 @@ def test_checks_catch_what_they_are_for():
         "```\nerror: model.dims: unknown key; hetero-sp nosuch\n```\n\n"
         "Set train.stepz=20 and `data.max_seq_len=512`; see data.md, hetero_sp.train and model.pt."
     )
+    names = ", ".join(_subcommands())
     assert _command_problems(text) == [
-        "`hetero-sp profil`: no such subcommand (config, prepare, verify, profile, plot)",
+        f"`hetero-sp profil`: no such subcommand ({names})",
         "`hetero-sp plot --bad`: no such option",
-        "`hetero-sp confg`: no such subcommand (config, prepare, verify, profile, plot)",
+        f"`hetero-sp confg`: no such subcommand ({names})",
         "`hetero-sp prepare --nope`: no such option",
     ]
     assert _key_problems(text) == ["train.stepz"]
