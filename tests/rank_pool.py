@@ -28,6 +28,18 @@ from multiprocessing.connection import Connection, wait
 import torch
 
 DEFAULT_TIMEOUT_S = 180.0
+MAX_THREADS = 256
+"""A pool whose busiest worker holds more native threads than this after a call is replaced
+before the next one. Every gloo process group a test creates (and does not destroy) leaves two
+threads per peer behind in the long-lived workers, and their run loops poll: after a few hundred
+tests the workers held ~1,300 threads each and kept the load average in the hundreds."""
+
+
+def _native_threads() -> int:
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:  # not Linux: no count, never replaced for it
+        return 0
 
 
 def _dumps(obj) -> bytes:
@@ -63,7 +75,7 @@ def _worker(rank: int, world_size: int, store_path: str, conn: Connection) -> No
         try:
             fn, args, kwargs = _loads(message)
             result = fn(rank, world_size, *args, **kwargs)
-            reply = _dumps(("ok", result))
+            reply = _dumps(("ok", result, _native_threads()))
         except BaseException:  # noqa: BLE001 - every failure must reach the test
             reply = _dumps(("error", traceback.format_exc()))
         conn.send_bytes(reply)
@@ -128,6 +140,7 @@ class _Pool:
                     + (" (after another rank failed)" if errors else " (hang or deadlock)")
                 )
             raise AssertionError("\n".join(lines))
+        self.threads = max(rep[2] for rep in replies.values())
         return [replies[r][1] for r in range(self.world_size)]
 
     def stop(self) -> None:
@@ -156,10 +169,14 @@ def run_ranks(fn, world_size: int, *args, timeout: float = DEFAULT_TIMEOUT_S, **
     if pool is None or not pool.alive():
         pool = _POOLS[world_size] = _Pool(world_size)
     try:
-        return pool.run(fn, args, kwargs, timeout)
+        results = pool.run(fn, args, kwargs, timeout)
     except AssertionError:
         _POOLS.pop(world_size, None)
         raise
+    if pool.threads > MAX_THREADS:
+        _POOLS.pop(world_size, None)
+        pool.stop()
+    return results
 
 
 def shutdown_pools() -> None:

@@ -1,5 +1,7 @@
 """The multi-rank harness itself: results come back, and failures and hangs fail the test."""
 
+import os
+
 import pytest
 import torch
 import torch.distributed as dist
@@ -47,3 +49,18 @@ def test_hang_fails_after_timeout_naming_the_ranks():
         run_ranks(_rank_zero_hangs, 2, timeout=5)
     assert "ranks [1] did not finish" in str(info.value)
     assert run_ranks(_sum_of_ranks, 2) == [(0, 2, 1.0), (1, 2, 1.0)]
+
+
+def _pid(rank, world_size):
+    return os.getpid()
+
+
+def test_a_pool_full_of_leftover_threads_is_replaced(monkeypatch):
+    from tests import rank_pool
+
+    first = run_ranks(_pid, 2)
+    assert run_ranks(_pid, 2) == first  # reused while its workers stay lean
+    monkeypatch.setattr(rank_pool, "MAX_THREADS", 0)  # every worker is "too full" now
+    before = run_ranks(_pid, 2)
+    after = run_ranks(_pid, 2)
+    assert not set(before) & set(after), "the pool should have been started afresh"
