@@ -24,7 +24,7 @@ biggest group holds, and a baseline that cannot hold a batch reports it as unpla
 
 Writes benchmarks/results/planner.json and one Gantt chart, benchmarks/results/planner_gantt.png.
 
-    python benchmarks/planner.py                     # default: 8 and 64 GPUs, ~4 minutes, 2 cores
+    python benchmarks/planner.py                     # default: 64 GPUs, a few minutes on 2 cores
     python benchmarks/planner.py --gpus 8,64,256 --batching seqs,1M,4M   # a bigger sweep
     python benchmarks/planner.py --layers SSSS       # a softmax-only model, same dims
     python benchmarks/planner.py planner.split_search=false  # planner options as config keys
@@ -182,7 +182,7 @@ def measure_run_ahead(cost, options, dist, num_seqs, steps, step_s, seed, work, 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--gpus", default="8,64", help="simulated GPU counts")
+    parser.add_argument("--gpus", default="64", help="simulated GPU counts")
     parser.add_argument("--dists", default=",".join([*DISTRIBUTIONS, CORPUS]))
     parser.add_argument(
         "--batching", default="seqs,1M", help="seqs (by GPU count) and/or tokens per step: 4M"
@@ -211,7 +211,7 @@ def main() -> int:
     parser.add_argument("--layers", default="", help="override the layer pattern (e.g. SSSS...)")
     parser.add_argument("--inter-node-gbps", type=float, default=0.0, help="override, GB/s")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--ahead-steps", type=int, default=5)
+    parser.add_argument("--ahead-steps", type=int, default=3, help="run-ahead steps per variant")
     parser.add_argument("--out", default=str(RESULTS / "planner.json"))
     parser.add_argument("--gantt", default=str(RESULTS / "planner_gantt.png"), help="'' for none")
     args = parser.parse_args()

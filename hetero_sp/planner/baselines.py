@@ -130,10 +130,8 @@ class MegatronBaseline:
         self.world = cost.topology.num_gpus
         self.scheduler = BalancedCPScheduler(self.cap, _Size(self.world))
 
-    def _plan(self, status, reason, start, rounds=()) -> MegatronPlan:
-        return MegatronPlan(
-            status, reason, tuple(rounds), (), time.perf_counter() - start, self.cap
-        )
+    def _unpriced(self, status, reason, schedule_s, rounds=()) -> MegatronPlan:
+        return MegatronPlan(status, reason, tuple(rounds), (), schedule_s, self.cap)
 
     def __call__(self, lengths: Sequence[int]) -> MegatronPlan:
         lengths = [int(s) for s in lengths]
@@ -141,20 +139,21 @@ class MegatronBaseline:
         for i, s in enumerate(lengths):
             need = self.scheduler.gpus_needed(s)
             if need > self.world:
-                return self._plan(
+                return self._unpriced(
                     BaselineStatus.UNPLANNABLE,
                     f"sequence {i} ({s} tokens) needs {need} GPUs at {self.cap} tokens per GPU; "
                     f"the world has {self.world}",
-                    start,
+                    time.perf_counter() - start,
                 )
         try:
             _, id_rounds = self.scheduler.get_groups_and_subsamples(list(enumerate(lengths)), None)
         except Exception as err:  # the peer's code: whatever it raises is its failure, reported
-            return self._plan(BaselineStatus.FAILED, f"{type(err).__name__}: {err}", start)
+            reason = f"{type(err).__name__}: {err}"
+            return self._unpriced(BaselineStatus.FAILED, reason, time.perf_counter() - start)
         schedule_s = time.perf_counter() - start
         rounds, problem = self._groups(id_rounds, len(lengths))
         if problem is not None:
-            return dataclasses.replace(self._plan(*problem, start, rounds), schedule_s=schedule_s)
+            return self._unpriced(*problem, schedule_s, rounds)
         priced, round_s = [], []
         for r, groups in enumerate(rounds):
             out = []
@@ -167,8 +166,7 @@ class MegatronBaseline:
                         f"{len(g.ranks)} GPUs (ranks {g.ranks[0]}-{g.ranks[-1]}) exceeds the "
                         "memory limit with every strategy pair"
                     )
-                    plan = self._plan(BaselineStatus.MEMORY, reason, start, rounds)
-                    return dataclasses.replace(plan, schedule_s=schedule_s)
+                    return self._unpriced(BaselineStatus.MEMORY, reason, schedule_s, rounds)
                 spec, seconds = best
                 out.append(
                     dataclasses.replace(
