@@ -21,6 +21,7 @@ from typing import Any
 from hetero_sp.core.errors import UserError
 from hetero_sp.core.names import (
     AheadWorker,
+    GroupShapes,
     LinearBackend,
     LinearSP,
     Sampler,
@@ -119,7 +120,7 @@ class ParallelConfig:
     per batch; static: sp_degree for every sequence (DeepSpeed-Ulysses style); dp: static with
     sp_degree 1 (every rank trains whole sequences)."""
     sp_degree: int = 1
-    """Group size of the static mode: a power of two dividing the world size."""
+    """Group size of the static mode (any size planner.group_shapes allows)."""
     softmax_sp: str = "auto"
     """S layers across a group: ulysses, allgather_kv, or auto (the cost model picks per group)."""
     linear_sp: str = "auto"
@@ -131,16 +132,15 @@ class ParallelConfig:
     """Linear-attention kernels: auto (triton on CUDA, torch otherwise), torch or triton."""
     softmax_backend: str = "auto"
     """Softmax attention: auto (flash-attn varlen when importable on CUDA, else torch), flash, torch."""
+    max_process_groups: int = 64
+    """SP process groups kept between steps (made on a plan's first use of them; the least
+    recently used leave first; a step needing more keeps them all for that step)."""
 
     def __post_init__(self) -> None:
         s = "parallel"
+        _require(self.max_process_groups >= 1, s, "max_process_groups", "must be >= 1")
         _choice(self.sp_mode, values(SPMode), s, "sp_mode")
-        _require(
-            self.sp_degree >= 1 and self.sp_degree & (self.sp_degree - 1) == 0,
-            s,
-            "sp_degree",
-            f"must be a power of two (1, 2, 4, ...), got {self.sp_degree}",
-        )
+        _require(self.sp_degree >= 1, s, "sp_degree", f"must be >= 1, got {self.sp_degree}")
         _require(
             self.sp_mode == "static" or self.sp_degree == 1,
             s,
@@ -407,6 +407,9 @@ class PlannerConfig:
     """Solver threads (1 keeps the CPU free for the training step it overlaps)."""
     max_group_size: int = 0
     """Largest SP group a plan may use (0: as large as the world and the profile allow)."""
+    group_shapes: str = "any"
+    """Which blocks of ranks a group may be: any (any size inside a node, whole nodes above it)
+    or power_of_two (aligned blocks of 1, 2, 4, ... ranks, as Megatron's CP builds)."""
     run_ahead: bool = True
     """Solve step i+1's plan on a background thread while step i trains."""
     ahead_worker: str = "thread"
@@ -429,6 +432,7 @@ class PlannerConfig:
         _choice(self.solver, values(Solver), s, "solver")
         _require(self.threads >= 1, s, "threads", "must be >= 1")
         _require(self.max_group_size >= 0, s, "max_group_size", "must be >= 0 (0: no cap)")
+        _choice(self.group_shapes, values(GroupShapes), s, "group_shapes")
         _choice(self.ahead_worker, values(AheadWorker), s, "ahead_worker")
 
     @property

@@ -39,6 +39,8 @@ def synthetic_cost(
     layers: str = "LS",
     zero_stage: int = 1,
     fit: dict | None = None,
+    group_shapes: str = "any",
+    gpus_per_node: int | None = None,
     **kwargs,
 ) -> CostModel:
     """A cost model whose single GPU holds about ``tokens_per_gpu`` tokens."""
@@ -46,7 +48,10 @@ def synthetic_cost(
     model = profile.model
     state = model_state_bytes(count_params(model), zero_stage, world, "fp32")
     memory = state + activation_bytes_per_token(model, 4) * tokens_per_gpu
-    topo = profile.topology(world, gpu_memory_bytes=memory, memory_fraction=1.0)
+    shape = dict(group_shapes=group_shapes)
+    if gpus_per_node is not None:
+        shape["gpus_per_node"] = gpus_per_node
+    topo = profile.topology(world, gpu_memory_bytes=memory, memory_fraction=1.0, **shape)
     return CostModel(profile, topo, zero_stage=zero_stage, **kwargs)
 
 

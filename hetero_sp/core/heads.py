@@ -1,10 +1,12 @@
 """Which attention heads each rank of a Ulysses group holds: pure arithmetic shared by the
 strategy, its byte formula and the planner's head limits.
 
-Ulysses gives rank r the query heads ``[r h, (r + 1) h)`` with ``h = num_heads / size``, so the
-query heads must divide by the group size. Query head ``i`` reads KV head ``i // (num_heads /
-num_kv_heads)``; rank r receives exactly the KV heads its query heads read, no more. With fewer
-KV heads than ranks (or a KV group that straddles two ranks) a KV head goes to several ranks.
+Ulysses gives rank r the query heads ``[r H // P, (r + 1) H // P)`` of H query heads on P ranks:
+``H / P`` each when P divides H, otherwise ``floor(H / P)`` or one more (the busiest ranks hold
+``ceil(H / P)``, which is what the planner prices), so any group of at most H ranks works. Query
+head ``i`` reads KV head ``i // (num_heads / num_kv_heads)``; rank r receives exactly the KV
+heads its query heads read, no more. With fewer KV heads than ranks (or a KV group that
+straddles two ranks) a KV head goes to several ranks.
 """
 
 from __future__ import annotations
@@ -22,7 +24,12 @@ def ulysses_supported(num_heads: int, num_kv_heads: int, size: int) -> bool:
     """True when a Ulysses group of ``size`` ranks can run a layer with these heads."""
     if num_heads < 1 or num_kv_heads < 1 or num_heads % num_kv_heads:
         return False
-    return size >= 1 and num_heads % size == 0
+    return 1 <= size <= num_heads
+
+
+def busiest_heads(num_heads: int, size: int) -> int:
+    """Query heads of the busiest rank of a Ulysses group: ``ceil(num_heads / size)``."""
+    return -(-num_heads // size)
 
 
 def check_ulysses_heads(num_heads: int, num_kv_heads: int, size: int) -> None:
@@ -31,13 +38,12 @@ def check_ulysses_heads(num_heads: int, num_kv_heads: int, size: int) -> None:
         raise ValueError(
             f"query heads ({num_heads}) must be a positive multiple of KV heads ({num_kv_heads})"
         )
-    if size < 1 or num_heads % size:
-        divisors = [d for d in range(1, num_heads + 1) if num_heads % d == 0]
+    if not 1 <= size <= num_heads:
         raise UnsupportedGroupSize(
-            f"Ulysses splits query heads over the group, but this model has {num_heads} query "
-            f"heads ({num_kv_heads} KV heads) and the group has {size} ranks; use a group size "
-            f"dividing {num_heads} ({', '.join(map(str, divisors))}) or the allgather_kv "
-            "softmax strategy for this group"
+            f"Ulysses gives every rank of the group at least one query head, but this model has "
+            f"{num_heads} query heads ({num_kv_heads} KV heads) and the group has {size} ranks; "
+            f"use groups of at most {num_heads} ranks or the allgather_kv softmax strategy for "
+            "this group"
         )
 
 
@@ -45,8 +51,7 @@ def check_ulysses_heads(num_heads: int, num_kv_heads: int, size: int) -> None:
 def ulysses_q_ranges(num_heads: int, num_kv_heads: int, size: int) -> tuple[tuple[int, int], ...]:
     """Query heads ``[lo, hi)`` each rank holds after the all-to-all."""
     check_ulysses_heads(num_heads, num_kv_heads, size)
-    h = num_heads // size
-    return tuple((r * h, (r + 1) * h) for r in range(size))
+    return tuple((r * num_heads // size, (r + 1) * num_heads // size) for r in range(size))
 
 
 @functools.cache

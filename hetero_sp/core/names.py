@@ -74,6 +74,15 @@ class SPMode(StrEnum):
     """Groups of one rank (plain data parallelism)."""
 
 
+class GroupShapes(StrEnum):
+    """Which blocks of ranks an SP group may be (``planner.group_shapes``)."""
+
+    ANY = "any"
+    """Any number of consecutive ranks inside one node, or whole nodes above the node size."""
+    POWER_OF_TWO = "power_of_two"
+    """Aligned blocks of 1, 2, 4, ... ranks (and the whole world), as Megatron's CP builds."""
+
+
 class Solver(StrEnum):
     """The MILP solver (``planner.solver``)."""
 

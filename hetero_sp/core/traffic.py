@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-from hetero_sp.core.heads import ulysses_kv_ranges
+from hetero_sp.core.heads import ulysses_kv_ranges, ulysses_q_ranges
 
 
 @dataclass(frozen=True)
@@ -44,8 +44,9 @@ def ulysses_bytes(
 ) -> CommBytes:
     """Ulysses all-to-all: q, k, v go sequence-sharded -> head-sharded, o comes back.
 
-    Every rank keeps its own block and swaps the rest. q and o move ``h = num_heads / size``
-    heads per rank pair. Rank r receives only the KV heads its query heads read
+    Every rank keeps its own block and swaps the rest. Rank r holds ``h_r`` query heads after
+    the exchange (``heads.ulysses_q_ranges``: ``num_heads / size`` each when that divides,
+    otherwise one more on some ranks). Rank r receives only the KV heads its query heads read
     (``heads.ulysses_kv_ranges``): with fewer KV heads than ranks a KV head is sent to every
     rank that needs it, which can make the KV traffic differ between ranks (e.g. 12 query and
     3 KV heads on 4 ranks). The backward moves dO like q and dQ, dK, dV like o, k, v in
@@ -56,12 +57,13 @@ def ulysses_bytes(
     """
     if size == 1:
         return CommBytes(0, 0, 0, 0)
-    kv_ranges = ulysses_kv_ranges(num_heads, num_kv_heads, size)
-    h = num_heads // size
-    qo = 2 * (size - 1) * tokens_per_rank * h * head_dim
-    kv_heads = [hi - lo for lo, hi in kv_ranges]
+    q_heads = [hi - lo for lo, hi in ulysses_q_ranges(num_heads, num_kv_heads, size)]
+    kv_heads = [hi - lo for lo, hi in ulysses_kv_ranges(num_heads, num_kv_heads, size)]
 
     def one(r: int) -> CommBytes:
+        # q leaves with the other ranks' heads of r's tokens and arrives with r's heads of the
+        # other ranks' tokens; o goes the other way, so q and o together move the same both ways
+        qo = tokens_per_rank * head_dim * (num_heads - q_heads[r] + (size - 1) * q_heads[r])
         kv_send = 2 * tokens_per_rank * head_dim * (sum(kv_heads) - kv_heads[r])
         kv_recv = 2 * (size - 1) * tokens_per_rank * head_dim * kv_heads[r]
         send, recv = (qo + kv_send) * elem_bytes, (qo + kv_recv) * elem_bytes

@@ -158,7 +158,13 @@ def dry_run(
         if steps < 1:
             raise ConfigError(f"--dry-run-steps: must be >= 1, got {steps}")
         topology = describe_topology(
-            world, nodes=nodes, per_node=per_node, node_size=node_size, sp_mode=cfg.parallel.sp_mode
+            world,
+            nodes=nodes,
+            per_node=per_node,
+            node_size=node_size,
+            sp_mode=cfg.parallel.sp_mode,
+            group_shapes=cfg.planner.group_shapes,
+            max_groups=cfg.parallel.max_process_groups,
         )
         corpus = open_corpus(cfg.data)
         _check_vocab(cfg, corpus)

@@ -50,7 +50,10 @@ def build_cost_model(cfg: Config, world_size: int, node_size: int, log: bool = T
             profile.precision,
             cfg.train.precision,
         )
-    overrides: dict = {"gpus_per_node": node_size if node_size else world_size}
+    overrides: dict = {
+        "gpus_per_node": node_size if node_size else world_size,
+        "group_shapes": cfg.planner.group_shapes,
+    }
     if cfg.planner.memory_gb:
         overrides["gpu_memory_bytes"] = cfg.planner.memory_gb * 2**30
     topology = profile.topology(world_size, **overrides)

@@ -1,6 +1,7 @@
-"""The run's topology in one line: nodes, processes per node, backend and device, and the SP
-group pool (which blocks of ranks a plan may use). Pure: the trainer prints it for the world it
-joined, the dry run for the world it plans for, from the same numbers.
+"""The run's topology in one line: nodes, processes per node, backend and device, the SP group
+shapes (which sizes of groups a plan may use) and how many process groups are kept. Pure: the
+trainer prints it for the world it joined, the dry run for the world it plans for, from the
+same numbers.
 """
 
 from __future__ import annotations
@@ -9,7 +10,8 @@ import os
 
 from hetero_sp.config import Config
 from hetero_sp.core.errors import UserError
-from hetero_sp.parallel.groups import pool_blocks
+from hetero_sp.parallel.groups import DEFAULT_MAX_GROUPS
+from hetero_sp.planner.cluster import Topology
 
 
 def node_size_for(cfg: Config, world_size: int) -> int:
@@ -19,31 +21,22 @@ def node_size_for(cfg: Config, world_size: int) -> int:
     return min(size, world_size)
 
 
-def pool_node_size(node_size: int, world_size: int) -> int | None:
-    """The node size :func:`~hetero_sp.parallel.groups.build_group_pool` takes: None when the
-    whole world is one node (no group can cross a node boundary then)."""
-    return node_size if node_size < world_size else None
+def describe_shapes(world_size: int, node_size: int, group_shapes: str, max_groups: int) -> str:
+    """``group shapes any: sizes 1-4 inside a node, 8 12 on whole nodes; ...`` for this world."""
+    topo = Topology(num_gpus=world_size, gpus_per_node=node_size, group_shapes=group_shapes)
+    sizes = topo.group_sizes()
+    inside = [d for d in sizes if d <= topo.node]
+    whole = [d for d in sizes if d > topo.node]
+    text = f"group shapes {group_shapes}: sizes {_span(inside)} inside a node"
+    if whole:
+        text += f", {' '.join(map(str, whole))} on whole nodes"
+    return text + f"; process groups made on first use, at most {max_groups} kept"
 
 
-def _blocks_text(firsts: list[int], size: int) -> str:
-    spans = [f"{f}-{f + size - 1}" for f in firsts]
-    if len(spans) > 4:
-        spans = [spans[0], spans[1], "...", spans[-1]]
-    return " ".join(spans)
-
-
-def describe_pool(world_size: int, node_size: int) -> str:
-    """``size 2: 0-1 2-3 | size 4: 0-3`` for the pool of ``world_size`` ranks and this node size."""
-    by_size: dict[int, list[int]] = {}
-    for first, size in pool_blocks(world_size, pool_node_size(node_size, world_size)):
-        by_size.setdefault(size, []).append(first)
-    parts = [f"size 1: {world_size} single rank{'s' if world_size > 1 else ''}"]
-    parts += [
-        f"size {size}: {len(firsts)} group{'s' if len(firsts) > 1 else ''} "
-        f"({_blocks_text(firsts, size)})"
-        for size, firsts in by_size.items()
-    ]
-    return " | ".join(parts)
+def _span(sizes: list[int]) -> str:
+    if len(sizes) > 2 and sizes == list(range(sizes[0], sizes[-1] + 1)):
+        return f"{sizes[0]}-{sizes[-1]}"
+    return " ".join(map(str, sizes))
 
 
 def describe_topology(
@@ -53,6 +46,8 @@ def describe_topology(
     per_node: int,
     node_size: int,
     sp_mode: str,
+    group_shapes: str = "any",
+    max_groups: int = DEFAULT_MAX_GROUPS,
     backend: str | None = None,
     device: str | None = None,
 ) -> str:
@@ -69,7 +64,7 @@ def describe_topology(
         f"{world_size} rank{'s' if world_size > 1 else ''} = {nodes} node{'s' if nodes > 1 else ''}"
         f" x {per_node} process{'es' if per_node > 1 else ''}; {where}"
         f"SP node size {node_size} ({source}); "
-        f"group pool: {describe_pool(world_size, node_size)}; plan mode {sp_mode}"
+        f"{describe_shapes(world_size, node_size, group_shapes, max_groups)}; plan mode {sp_mode}"
     )
 
 

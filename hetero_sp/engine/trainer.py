@@ -29,14 +29,13 @@ from hetero_sp.engine.step import group_times, imbalance, run_step
 from hetero_sp.engine.topology_report import (
     describe_topology,
     node_size_for,
-    pool_node_size,
     torchrun_nodes,
 )
 from hetero_sp.log import get_logger
 from hetero_sp.model import HybridLM
 from hetero_sp.ops.backends import resolve_linear_backend, resolve_softmax_backend
 from hetero_sp.parallel import SPContext
-from hetero_sp.parallel.groups import build_group_pool
+from hetero_sp.parallel.groups import GroupPool, plan_blocks
 from hetero_sp.parallel.traffic_counter import COMM
 from hetero_sp.planner.ahead import PlanAhead, broadcast_share
 
@@ -177,10 +176,11 @@ class Trainer:
                 )
 
     def _setup_parallel(self) -> None:
-        """Group pool (collective, once), cost model, plan function and the run-ahead worker."""
+        """Group pool (groups made as plans need them), cost model, plan function and the
+        run-ahead worker."""
         cfg, info = self.cfg, self.info
         node_size = node_size_for(cfg, info.world_size)
-        self.pool = build_group_pool(info.world_size, pool_node_size(node_size, info.world_size))
+        self.pool = GroupPool(info.world_size, cfg.parallel.max_process_groups)
         self.cost = build_cost_model(cfg, info.world_size, node_size, log=self.is_main)
         plan_fn = make_plan_fn(cfg, self.cost)
         self.ahead = PlanAhead(
@@ -202,6 +202,8 @@ class Trainer:
                 backend=info.backend,
                 device=device,
                 sp_mode=cfg.parallel.sp_mode,
+                group_shapes=cfg.planner.group_shapes,
+                max_groups=cfg.parallel.max_process_groups,
             )
             logger.info("topology: %s", topology)
 
@@ -223,6 +225,7 @@ class Trainer:
         if cfg.planner.run_ahead:
             self._submit(step + 1)  # solved on a background thread while this step trains
         plan = self.ahead.get(step)
+        self.pool.prepare(plan_blocks(plan))  # collective: new groups of this plan
         t_plan = time.perf_counter()
         COMM.reset()
         out = run_step(

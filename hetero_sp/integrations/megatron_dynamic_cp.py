@@ -32,6 +32,7 @@ from megatron.core.packed_seq_params import PackedSeqParams
 
 from hetero_sp.config import ModelConfig, PlannerConfig
 from hetero_sp.core.errors import UserError
+from hetero_sp.core.names import GroupShapes
 from hetero_sp.integrations.megatron_data import TOKEN_KEYS, pack_group_streams
 from hetero_sp.integrations.megatron_layout import cp_shard_index
 from hetero_sp.integrations.megatron_schedule import HeteroSPCPScheduler, megatron_max_group_size
@@ -135,7 +136,7 @@ def dynamic_cp_cost_model(
     keys = ("dim", "num_heads", "num_kv_heads", "ffn_dim", "vocab_size")
     if any(getattr(profile.model, k) != getattr(model, k) for k in keys):
         profile = rescale_profile(profile, model)
-    overrides: dict = {}
+    overrides: dict = {"group_shapes": GroupShapes.POWER_OF_TWO}  # Megatron's CP groups
     if gpus_per_node:
         overrides["gpus_per_node"] = gpus_per_node
     if memory_gb:

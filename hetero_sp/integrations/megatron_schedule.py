@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from hetero_sp.core.errors import UserError
+from hetero_sp.planner.baselines import megatron_block
 from hetero_sp.planner.cluster import is_power_of_two
 from hetero_sp.planner.plan import Plan
 
@@ -111,6 +112,14 @@ def plan_phases(plan: Plan) -> list[Phase]:
     runs in phase j (see the module doc for the order of phases and the filled last one)."""
     world = plan.world_size
     megatron_max_group_size(world)
+    for mb in plan.micro_batches:
+        for g in mb.groups:
+            if not megatron_block(g.ranks, world):
+                raise UserError(
+                    f"the plan has a group on ranks {g.ranks[0]}..{g.ranks[-1]}, which Megatron's "
+                    "hybrid CP has no group for (it builds aligned power-of-two blocks); plan "
+                    "with planner.group_shapes=power_of_two"
+                )
     mbs = [[(g.ranks, g.sequences) for g in mb.groups] for mb in plan.micro_batches]
     full = [m for m, groups in enumerate(mbs) if all(seqs for _, seqs in groups)]
     if full:

@@ -13,7 +13,7 @@ from hetero_sp.core.heads import UnsupportedGroupSize, ulysses_supported
 from hetero_sp.core.names import SOFTMAX_LAYOUT, LinearSP, SoftmaxSP, values
 from hetero_sp.parallel.allgather_kv import allgather_kv_attention
 from hetero_sp.parallel.context import SPContext
-from hetero_sp.parallel.groups import GroupPool, SPGroup, build_group_pool, pool_blocks
+from hetero_sp.parallel.groups import GroupPool, SPGroup, plan_blocks
 from hetero_sp.parallel.lasp2 import lasp2_linear_attention
 from hetero_sp.parallel.packed import PackedSeqs
 from hetero_sp.parallel.sharding import (
@@ -71,13 +71,12 @@ __all__ = [
     "Segment",
     "UnsupportedGroupSize",
     "allgather_kv_attention",
-    "build_group_pool",
     "causal_pairs",
     "lasp2_linear_attention",
     "layout_kind_for",
     "linear_strategy",
     "make_layout",
-    "pool_blocks",
+    "plan_blocks",
     "softmax_strategy",
     "ulysses_attention",
     "ulysses_supported",

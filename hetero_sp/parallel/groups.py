@@ -1,61 +1,35 @@
-"""The pool of sequence-parallel process groups, created once at start-up.
+"""SP process groups: made on first use, cached, and bounded.
 
-``dist.new_group`` is collective (every rank calls it, for every group, in the same order) and
-slow on large clusters, so a step never creates groups: the pool holds every group a plan may
-use and a plan names its groups by (first rank, size).
+A plan names its groups by (first rank, size); any block of consecutive ranks can be one (which
+blocks a plan may use is the planner's business: ``hetero_sp.planner.cluster``). There are far
+too many such blocks to make them all at start-up (2,080 on 64 ranks), and every NCCL
+communicator holds GPU memory and takes time to build, so the pool makes a group the first time
+a step's plan needs it and keeps it for later steps.
 
-Which groups exist (:func:`pool_blocks`):
-
-- every aligned block of d ranks, d in {2, 4, 8, ...}, that fits in the world, plus the whole
-  world when its size is not a power of two;
-- with a node size given: up to the node size, aligned blocks inside each node (plus the whole
-  node when its size is not a power of two); above it, aligned blocks of 2, 4, ... whole nodes
-  (plus all nodes when their count is not a power of two). No group smaller than a node
-  crosses a node boundary, so intra-node collectives stay on the fast links.
+``dist.new_group`` is collective over the whole world: every rank must call it for every group,
+in the same order, even ranks outside the group. So groups are made only in
+:meth:`GroupPool.prepare`, which every rank calls with the same plan before running it (every
+rank receives the same plan), in sorted order. The cache keeps at most ``max_groups`` groups
+(least recently used leave first, the same on every rank); a step that needs more keeps them
+all for that step. A run therefore creates at most ``max_groups`` communicators at a time, plus
+whatever one step needs beyond it, and ``created`` counts every group made over the run.
 
 Groups of one rank need no process group (``group`` is None).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from types import MappingProxyType
 
 import torch.distributed as dist
 
-from hetero_sp.core.errors import UserError
 from hetero_sp.parallel.context import SPContext
 from hetero_sp.parallel.sharding import GroupLayout
 
-
-def _aligned(first: int, span: int, unit: int) -> list[tuple[int, int]]:
-    """Aligned blocks inside ``[first, first + span)`` of ``unit``-rank multiples:
-    sizes unit * {2, 4, ...} that fit, plus the whole span when it is not one of them."""
-    out, count, n = [], span // unit, 2
-    while n <= count:
-        out += [(first + k * n * unit, n * unit) for k in range(count // n)]
-        n *= 2
-    if count > 1 and count & (count - 1):
-        out.append((first, span))
-    return out
-
-
-def pool_blocks(world_size: int, node_size: int | None = None) -> tuple[tuple[int, int], ...]:
-    """(first rank, size) of every multi-rank group of the pool, in creation order (by size,
-    then first rank)."""
-    if world_size < 1:
-        raise ValueError(f"world size must be >= 1, got {world_size}")
-    if node_size is None:
-        blocks = _aligned(0, world_size, 1)
-    else:
-        if node_size < 1 or world_size % node_size:
-            raise UserError(
-                f"node size must be >= 1 and divide the world size {world_size}, got {node_size}"
-            )
-        blocks = [b for n in range(0, world_size, node_size) for b in _aligned(n, node_size, 1)]
-        blocks += _aligned(0, world_size, node_size)
-    return tuple(sorted(set(blocks), key=lambda b: (b[1], b[0])))
+DEFAULT_MAX_GROUPS = 64
+"""Process groups the pool keeps between steps unless told otherwise."""
 
 
 @dataclass(frozen=True)
@@ -93,44 +67,64 @@ class SPGroup:
         )
 
 
-@dataclass(frozen=True)
 class GroupPool:
-    """Every SP group of the run, looked up by (first rank, size). Build it with
-    :func:`build_group_pool`."""
+    """The run's SP groups, looked up by (first rank, size) once :meth:`prepare` made them."""
 
-    world_size: int
-    node_size: int | None
-    groups: Mapping[tuple[int, int], SPGroup]
+    def __init__(self, world_size: int, max_groups: int = DEFAULT_MAX_GROUPS) -> None:
+        if world_size < 1:
+            raise ValueError(f"world size must be >= 1, got {world_size}")
+        if max_groups < 1:
+            raise ValueError(f"max_groups must be >= 1, got {max_groups}")
+        self.world_size, self.max_groups = world_size, max_groups
+        self._groups: OrderedDict[tuple[int, int], SPGroup] = OrderedDict()
+        self.created = 0
+        """Process groups made so far (evicted ones included)."""
 
     @property
-    def sizes(self) -> tuple[int, ...]:
-        """Group sizes a plan may use, 1 included."""
-        return (1, *sorted({size for _, size in self.groups}))
+    def cached(self) -> tuple[tuple[int, int], ...]:
+        """(first, size) of the groups held now, least recently used first."""
+        return tuple(self._groups)
+
+    def _check(self, first: int, size: int) -> None:
+        if size < 1 or first < 0 or first + size > self.world_size:
+            raise ValueError(
+                f"no SP group of {size} ranks can start at rank {first} in a world of "
+                f"{self.world_size}: a group is 1 or more consecutive ranks inside the world"
+            )
+
+    def prepare(self, blocks: Iterable[tuple[int, int]]) -> None:
+        """Make every multi-rank group of ``blocks`` ((first, size) pairs) that the cache lacks
+        and mark them all as just used. Collective: every rank calls it with the same blocks."""
+        wanted = sorted({(f, s) for f, s in blocks if s > 1})
+        for first, size in wanted:
+            self._check(first, size)
+        new = [b for b in wanted if b not in self._groups]
+        for b in wanted:
+            if b in self._groups:
+                self._groups.move_to_end(b)
+        keep = max(self.max_groups, len(wanted))
+        while self._groups and len(self._groups) + len(new) > keep:
+            _, old = self._groups.popitem(last=False)
+            if old.group is not None and old.group != dist.GroupMember.NON_GROUP_MEMBER:
+                dist.destroy_process_group(old.group)
+        for first, size in new:
+            group = dist.new_group(list(range(first, first + size)))
+            self._groups[(first, size)] = SPGroup(first, size, group)
+            self.created += 1
 
     def get(self, first: int, size: int) -> SPGroup:
-        if size == 1 and 0 <= first < self.world_size:
+        """The group of ranks ``[first, first + size)``; made by an earlier :meth:`prepare`."""
+        self._check(first, size)
+        if size == 1:
             return SPGroup(first, 1)
-        if (first, size) not in self.groups:
-            blocks = ", ".join(f"({f}, {s})" for f, s in self.groups) or "none"
+        if (first, size) not in self._groups:
             raise ValueError(
-                f"no SP group of {size} ranks starts at rank {first} in a world of "
-                f"{self.world_size} (node size {self.node_size}); the pool has (first, size): "
-                f"{blocks}, and single ranks"
+                f"the SP group of ranks {first}..{first + size - 1} was not prepared: call "
+                "GroupPool.prepare with the plan's groups on every rank before running it"
             )
-        return self.groups[(first, size)]
+        return self._groups[(first, size)]
 
 
-def build_group_pool(world_size: int | None = None, node_size: int | None = None) -> GroupPool:
-    """Create every group of :func:`pool_blocks` (collective: call it on every rank, once)."""
-    if world_size is None:
-        world_size = dist.get_world_size()
-    elif dist.is_initialized() and world_size != dist.get_world_size():
-        raise ValueError(
-            f"world size {world_size} differs from the process group's {dist.get_world_size()}"
-        )
-    groups = {}
-    for first, size in pool_blocks(world_size, node_size):
-        groups[(first, size)] = SPGroup(
-            first, size, dist.new_group(list(range(first, first + size)))
-        )
-    return GroupPool(world_size, node_size, MappingProxyType(groups))
+def plan_blocks(plan) -> list[tuple[int, int]]:
+    """(first rank, size) of every group of a plan (a :class:`~hetero_sp.planner.Plan`)."""
+    return [(g.ranks[0], len(g.ranks)) for mb in plan.micro_batches for g in mb.groups]

@@ -8,11 +8,13 @@ one needs no reordering).
 
 Grouped-query attention: rank r receives the KV heads its query heads read
 (``heads.ulysses_kv_ranges``), so with fewer KV heads than ranks a KV head is sent to every rank
-that needs it and the backward sums the copies' gradients. Query heads must divide by the group
-size (``heads.ulysses_supported``).
+that needs it and the backward sums the copies' gradients. Any group of at most H ranks works:
+where P does not divide H, some ranks hold one query head more than others
+(``heads.ulysses_q_ranges``) and the all-to-all splits are uneven.
 
 Shape legend: P ranks, T local tokens, N = P T tokens of the group's stream, H query heads,
-G KV heads, h = H / P query heads per rank, g KV heads this rank receives, E head dim.
+G KV heads, h query heads this rank holds (H / P when P divides H), g KV heads this rank
+receives, E head dim.
 """
 
 from __future__ import annotations
@@ -214,7 +216,7 @@ def ulysses_attention(
     """Causal GQA attention [T, H, E] of this rank's tokens of ``seqs.sp``'s group stream.
 
     q [T, H, E], k and v [T, G, E] are this rank's shard (``T = layout.tokens_per_rank``,
-    padding included). Needs H divisible by the group size (:func:`ulysses_supported`).
+    padding included). Needs at most H ranks in the group (:func:`ulysses_supported`).
     """
     sp, scale, needs_graph = softmax_entry(q_THE, k_TGE, v_TGE, seqs, STRATEGY, scale)
     check_ulysses_heads(q_THE.shape[1], k_TGE.shape[1], sp.size)

@@ -4,8 +4,9 @@ group and which sequences each runs.
 :class:`Packing` holds sequences on groups with their predicted loads (true lengths, not
 bucket lengths). Sequences are placed longest first on the least-loaded group with memory room
 (LPT), then a local search moves or swaps sequences off the most loaded group while that lowers
-the pair's maximum, which also evens out tokens among groups of one size. Ranks are given
-largest groups first at increasing offsets, which keeps every block aligned.
+the pair's maximum, which also evens out tokens among groups of one size. Ranks are placed last
+(:func:`~hetero_sp.planner.cluster.place_groups`): groups of whole nodes first, the others
+packed into nodes largest first, which keeps power-of-two blocks aligned.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from hetero_sp.planner.bucketing import Buckets
+from hetero_sp.planner.cluster import place_groups
 from hetero_sp.planner.cost import CostModel, GroupCost
 from hetero_sp.planner.milp import MilpResult
 from hetero_sp.planner.plan import GroupPlan
@@ -143,7 +145,7 @@ def homogeneous(
     Longest first onto the least-loaded group with room; when memory is too tight for that,
     first fit by tokens (the memory-first packing the micro-batch split checks with)."""
     kind = cost.groups[size] if isinstance(size, int) else size
-    sizes = [kind] * (cost.topology.num_gpus // kind.size)
+    sizes = [kind] * cost.topology.max_groups(kind.size)
     if not len(lengths) or int(np.max(lengths)) > kind.max_tokens:
         return None
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
@@ -232,22 +234,29 @@ def realize(
 
 
 def group_plans(pack: Packing, index: Sequence[int]) -> tuple[GroupPlan, ...]:
-    """Groups with ranks: biggest first at increasing offsets (aligned because sizes are
-    powers of two in decreasing order, or the whole world); idle ranks as groups of one.
-    ``index`` maps the packing's sequences to their indices in the step's batch."""
+    """Groups with ranks (:func:`~hetero_sp.planner.cluster.place_groups`), ordered by first
+    rank; ranks no busy group covers are idle groups of one. ``index`` maps the packing's
+    sequences to their indices in the step's batch."""
     cost = pack.cost
     world = cost.topology.num_gpus
     loads = pack.loads()
     busy = [g for g in range(len(pack.sizes)) if pack.count[g] > 0]
     busy.sort(key=lambda g: (-pack.sizes[g], -loads[g], g))
-    out, offset = [], 0
-    for g in busy:
+    firsts = place_groups([pack.sizes[g] for g in busy], cost.topology)
+    if firsts is None:
+        raise RuntimeError(
+            f"groups of sizes {[pack.sizes[g] for g in busy]} do not fit the nodes of "
+            f"{cost.topology.node} ranks; a planner bug (the group counts should fit)"
+        )
+    out, covered = [], set()
+    for g, first in zip(busy, firsts):
         d = pack.sizes[g]
         seqs = tuple(sorted(int(index[i]) for i in np.flatnonzero(pack.where == g)))
         spec = pack.specs[g]
+        covered.update(range(first, first + d))
         out.append(
             GroupPlan(
-                ranks=tuple(range(offset, offset + d)),
+                ranks=tuple(range(first, first + d)),
                 sequences=seqs,
                 softmax_strategy=spec.softmax_strategy,
                 linear_strategy=spec.linear_strategy,
@@ -256,9 +265,8 @@ def group_plans(pack: Packing, index: Sequence[int]) -> tuple[GroupPlan, ...]:
                 memory_bytes=float(spec.memory(int(pack.tokens[g]))),
             )
         )
-        offset += d
     idle = cost.groups[1]
-    for r in range(offset, world):
+    for r in sorted(set(range(world)) - covered):
         out.append(
             GroupPlan(
                 ranks=(r,),
@@ -270,4 +278,4 @@ def group_plans(pack: Packing, index: Sequence[int]) -> tuple[GroupPlan, ...]:
                 memory_bytes=float(cost.state_bytes),
             )
         )
-    return tuple(out)
+    return tuple(sorted(out, key=lambda g: g.ranks[0]))

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
-from hetero_sp.core.names import SoftmaxSP
+from hetero_sp.core.names import GroupShapes, SoftmaxSP
 from hetero_sp.planner.cluster import is_power_of_two
 from hetero_sp.planner.cost import CostModel, GroupCost
 
@@ -252,7 +252,7 @@ def flexsp_cost(cost: CostModel) -> CostModel | None:
         return None
     flex = CostModel(
         cost.profile,
-        cost.topology,
+        dataclasses.replace(cost.topology, group_shapes=GroupShapes.POWER_OF_TWO),
         zero_stage=cost.zero_stage,
         softmax_strategies=(SoftmaxSP.ULYSSES.value,),
         linear_strategies=cost.linear_strategies,

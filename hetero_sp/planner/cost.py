@@ -5,7 +5,9 @@ A group of size d running documents of lengths s_i (one packed stream) takes
     time(d) = fixed(d) + sum_i (quad(d) * s_i**2 + per_token(d) * s_i)
 
 - compute: every block's profiled ``a2 s^2 + a1 s`` divided by d (Ulysses splits heads, the
-  all-gather K/V head-tail layout and linear attention split tokens evenly);
+  all-gather K/V head-tail layout and linear attention split tokens evenly); where d does not
+  divide the query heads, Ulysses' busiest rank holds ``ceil(H / d)`` of them, and the softmax
+  layers' quadratic term is priced at that rank's share instead of 1 / d;
 - communication per token: the softmax strategy's bytes from ``hetero_sp.core.traffic`` over
   the group's collective bandwidth, for every S layer;
 - fixed(d): per-block launch overheads, collective latencies, and the linear-attention state
@@ -29,6 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from hetero_sp.config import ModelConfig
+from hetero_sp.core.heads import busiest_heads, ulysses_supported
 from hetero_sp.core.names import LinearSP, SoftmaxSP, values
 from hetero_sp.core.traffic import allgather_kv_bytes, lasp2_bytes, ulysses_bytes, zeco_bytes
 from hetero_sp.planner.cluster import Link, Topology
@@ -49,8 +52,9 @@ _ZECO_BLOCKS = 4  # K blocks ZeCO pipelines the state in
 
 
 def ulysses_allowed(model: ModelConfig, size: int) -> bool:
-    """Ulysses shards query heads over the group, so they must divide evenly."""
-    return model.num_heads % size == 0
+    """Ulysses shards query heads over the group: every rank needs at least one (an uneven
+    split is allowed and priced at its busiest rank)."""
+    return ulysses_supported(model.num_heads, model.num_kv_heads, size)
 
 
 @dataclass(frozen=True)
@@ -191,10 +195,23 @@ class CostModel:
         return bool(self.model.layers)
 
     def link(self, kind: str, size: int) -> Link:
+        """A collective's cost over ``size`` ranks: measured, else derived from the topology's
+        links, else interpolated between the nearest measured sizes around it inside one node
+        (latency and seconds per byte linear in the size; e.g. 3 from 2 and 4)."""
         measured = self.profile.collectives.get(kind, {})
         if size in measured:
             return measured[size]
         derived = self.topology.derived_link(kind, size)
+        below = [d for d in measured if d < size]
+        above = [d for d in measured if d > size]
+        if derived is None and below and above and max(above) <= self.topology.node:
+            lo, hi = max(below), min(above)
+            w = (size - lo) / (hi - lo)
+            a, b = measured[lo], measured[hi]
+            per_byte = (1 - w) / a.bandwidth_Bps + w / b.bandwidth_Bps
+            derived = Link(
+                latency_s=(1 - w) * a.latency_s + w * b.latency_s, bandwidth_Bps=1.0 / per_byte
+            )
         if derived is None:
             raise ProfileError(
                 f"profile {self.profile.label!r} has no {kind} timing for groups of {size} ranks "
@@ -204,8 +221,9 @@ class CostModel:
             )
         return derived
 
-    def _softmax_options(self, d: int) -> list[tuple[str, float, float, float]]:
-        """(strategy, seconds per stream token, latency per layer, extra bytes per token)."""
+    def _softmax_options(self, d: int) -> list[tuple[str, float, float, float, float]]:
+        """(strategy, seconds per stream token, latency per layer, extra bytes per token, the
+        busiest rank's share of the attention's quadratic work)."""
         m, eb = self.model, self.elem_bytes
         out = []
         for name in self.softmax_strategies:
@@ -214,12 +232,14 @@ class CostModel:
                     continue
                 cb = ulysses_bytes(_REF_TOKENS, d, m.num_heads, m.num_kv_heads, m.head_dim, eb)
                 link, calls, extra = self.link("all_to_all", d), _ULYSSES_CALLS, 0.0
+                share = busiest_heads(m.num_heads, d) / m.num_heads
             else:
                 cb = allgather_kv_bytes(_REF_TOKENS, d, m.num_kv_heads, m.head_dim, eb)
                 link, calls = self.link("all_gather", d), 2
                 extra = 2 * m.num_kv_heads * m.head_dim * eb * (d - 1) / d
+                share = 1.0 / d
             per_token = (cb.fwd_send + cb.bwd_send) / (_REF_TOKENS * d) / link.bandwidth_Bps
-            out.append((name, per_token, calls * link.latency_s, extra))
+            out.append((name, per_token, calls * link.latency_s, extra, share))
         return out
 
     def _linear_options(self, d: int) -> list[tuple[str, float]]:
@@ -249,7 +269,6 @@ class CostModel:
             + num_l * (fits["L"].a1 if num_l else 0)
             + fits["head"].a1
         ) / d
-        quad = num_s * fits["S"].a2 / d if num_s else 0.0
         fixed = fits["head"].fixed + sum(fits[k].fixed for k in layers)
         # A group of one rank runs the plain path: the strategies it names are never used.
         if num_s and d > 1:
@@ -257,10 +276,11 @@ class CostModel:
             if not sm:
                 return []
         else:
-            sm = [(self.softmax_strategies[0], 0.0, 0.0, 0.0)]
+            sm = [(self.softmax_strategies[0], 0.0, 0.0, 0.0, 1.0 / d)]
         ln = self._linear_options(d) if num_l and d > 1 else [(self.linear_strategies[0], 0.0)]
         ranked = []
-        for name, comm_per_token, latency, extra in sm:
+        for name, comm_per_token, latency, extra, share in sm:
+            quad = num_s * fits["S"].a2 * share if num_s else 0.0
             per_token = compute_per_token + num_s * comm_per_token
             mem_token = self.act_bytes / d + num_s * extra
             pad = d - 1

@@ -26,6 +26,7 @@ import pulp
 
 from hetero_sp.core.errors import UserError
 from hetero_sp.core.names import Solver, values
+from hetero_sp.planner.cluster import Topology, node_patterns, place_groups
 
 SOLVERS = values(Solver)
 
@@ -48,6 +49,11 @@ class MilpInput:
     """Per bucket: sequences in it."""
     times: np.ndarray
     """[bucket, kind]: seconds one sequence of the bucket takes on a group of the kind."""
+    max_groups: tuple[int, ...] = ()
+    """Per kind: groups of its size the cluster holds at once (default: GPUs // size)."""
+    node: int = 0
+    """Ranks per node when groups of a size that does not divide it may share nodes, so which
+    counts fit is a packing question (node patterns); 0: any counts whose GPUs add up fit."""
 
 
 @dataclass(frozen=True)
@@ -177,13 +183,14 @@ def solve_milp(
     neg_c = [(makespan, -1.0)]
     placed = [[] for _ in range(nk)]  # per bucket: (variable, 1)
     gpus, work = [], []  # terms of GPUs used and of GPU-seconds
+    per_size: dict[int, list] = {}  # per group size: terms of its number of groups
     slots: dict[int, list[tuple[pulp.LpVariable, dict[int, pulp.LpVariable]]]] = {}
     fluid: dict[int, tuple[list, list, dict, dict]] = {}
     for j, d in enumerate(sizes):
         cap, fix = inp.max_tokens[j], float(inp.fixed_s[j])
         t = {k: float(inp.times[k, j]) for k in range(nk) if ok[k][j]}
         most = {k: min(counts[k], cap // tokens[k]) for k in t}
-        possible = n // d
+        possible = inp.max_groups[j] if inp.max_groups else n // d
         if possible <= explicit_slots:
             slots[j], prev = [], None
             for s in range(possible):
@@ -202,6 +209,7 @@ def solve_milp(
                 slots[j].append((used, x))
                 work += [(v, d * c) for v, c in load]
                 gpus.append((used, float(d)))
+                per_size.setdefault(d, []).append((used, 1.0))
             continue
         bits = max(1, int(possible).bit_length())
         z = [pulp.LpVariable(f"z_{j}_{b}", cat="Binary") for b in range(bits)]
@@ -230,14 +238,18 @@ def solve_milp(
         fluid[j] = (z, w, y, on)
         work += [(v, d * c) for v, c in load]
         gpus += [(v, d * c) for v, c in count]
+        per_size.setdefault(d, []).extend(count)
     for k in range(nk):
         if not placed[k]:
             return None
         prob.addConstraint(pulp.LpConstraint(_expr(placed[k]), pulp.LpConstraintEQ, rhs=counts[k]))
     _le(prob, gpus, n)
+    nodes = _node_packing(prob, per_size, inp.node, n // inp.node) if inp.node else None
     _le(prob, work + [(makespan, -float(n))])
     if warm is not None:
         _set_warm_start(warm, sizes, slots, fluid, makespan, inp, prob)
+        if nodes is not None:
+            _warm_patterns(warm, inp, *nodes)
     name, solver_obj = make_solver(solver, time_limit_s, rel_gap, threads)
     start = time.perf_counter()
     prob.solve(solver_obj)
@@ -280,6 +292,20 @@ def solve_milp(
     )
 
 
+def _node_packing(prob: pulp.LpProblem, per_size: dict[int, list], node: int, nodes: int):
+    """Group counts that fit the nodes: m_p nodes filled by pattern p
+    (:func:`~hetero_sp.planner.cluster.node_patterns`) hold every group smaller than a node,
+    and together with the nodes the bigger groups take they are at most the node count."""
+    local = tuple(sorted(d for d in per_size if 1 < d <= node))
+    patterns = node_patterns(node, local)
+    m = [pulp.LpVariable(f"m_{p}", 0, nodes, cat="Integer") for p in range(len(patterns))]
+    for i, d in enumerate(local):
+        _le(prob, per_size[d] + [(m[p], -float(pat[i])) for p, pat in enumerate(patterns)])
+    big = [(v, c * d / node) for d, terms in per_size.items() if d > node for v, c in terms]
+    _le(prob, [(v, 1.0) for v in m] + big, nodes)
+    return local, patterns, m
+
+
 def _set_warm_start(warm, sizes, slots, fluid, makespan, inp, prob) -> None:
     """Initial values of every variable from a known plan (groups with bucket counts)."""
     for var in prob.variables():
@@ -310,3 +336,20 @@ def _set_warm_start(warm, sizes, slots, fluid, makespan, inp, prob) -> None:
             for k, var in y.items():
                 var.setInitialValue(total[k])
                 on[k].setInitialValue(1 if total[k] else 0)
+
+
+def _warm_patterns(warm, inp: MilpInput, local, patterns, m) -> None:
+    """Initial node-pattern counts of the warm start: its groups placed on the nodes, each
+    node's groups matched to a pattern that holds them."""
+    sizes = [inp.sizes[g.kind] for g in warm]
+    firsts = place_groups(sizes, Topology(num_gpus=inp.num_gpus, gpus_per_node=inp.node))
+    if firsts is None:
+        return  # not placeable: the solver ignores the start
+    fill = {}
+    for d, first in zip(sizes, firsts):
+        if d in local:
+            row = fill.setdefault(first // inp.node, [0] * len(local))
+            row[local.index(d)] += 1
+    for row in fill.values():
+        p = next(p for p, pat in enumerate(patterns) if all(a <= b for a, b in zip(row, pat)))
+        m[p].setInitialValue((m[p].varValue or 0) + 1)

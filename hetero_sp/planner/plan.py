@@ -1,9 +1,9 @@
 """A step's plan as data: frozen dataclasses, JSON round trip, and validation before use.
 
 A step runs one or more micro-batches one after another (gradient accumulation). In each, the
-world's ranks are split into groups: aligned blocks of 1, 2, 4, ... ranks (the whole world too
-when its size is not a power of two), the blocks the process-group pool holds. Every rank is in
-exactly one group of every micro-batch. A group runs the batch sequences it lists, packed in
+world's ranks are split into groups of consecutive ranks, of the shapes the cluster allows
+(:class:`~hetero_sp.planner.cluster.Topology`: any size inside a node or whole nodes, or aligned
+powers of two). Every rank is in exactly one group of every micro-batch. A group runs the batch sequences it lists, packed in
 that order into one stream, with the named softmax and linear-attention strategies; a group
 with no sequences is idle (the planner only emits idle groups of one rank): the engine runs
 such a rank on one padding token whose label is ignored, a forward and backward that keeps
@@ -18,7 +18,6 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from hetero_sp.core.names import LinearSP, SoftmaxSP, values
-from hetero_sp.planner.cluster import is_power_of_two
 from hetero_sp.planner.cost import CostModel, ulysses_allowed
 from hetero_sp.planner.errors import PlanError
 
@@ -28,7 +27,7 @@ FORMAT = "hetero-sp-plan/1"
 @dataclass(frozen=True)
 class GroupPlan:
     ranks: tuple[int, ...]
-    """Global ranks, consecutive and aligned."""
+    """Global ranks, consecutive."""
     sequences: tuple[int, ...]
     """Indices into the step's batch, in stream order; empty for an idle group."""
     softmax_strategy: str
@@ -148,14 +147,12 @@ class Plan:
 def _is_block(ranks: Sequence[int], world: int) -> bool:
     if not ranks or list(ranks) != list(range(ranks[0], ranks[0] + len(ranks))):
         return False
-    if ranks[0] < 0 or ranks[-1] >= world:
-        return False
-    return len(ranks) == world or (is_power_of_two(len(ranks)) and ranks[0] % len(ranks) == 0)
+    return ranks[0] >= 0 and ranks[-1] < world
 
 
 def validate_plan(plan: Plan, cost: CostModel | None = None) -> None:
-    """Raise :class:`PlanError` unless every rank is in exactly one aligned group of every
-    micro-batch, every sequence runs exactly once in the step, strategies are known (and
+    """Raise :class:`PlanError` unless every rank is in exactly one group of consecutive ranks
+    of every micro-batch (of a shape the cluster allows, with ``cost``), every sequence runs exactly once in the step, strategies are known (and
     allowed for the group size), and no GPU exceeds the memory limit. With ``cost`` given,
     memory and strategy limits are recomputed from the cost model rather than trusted."""
     world, n = plan.world_size, len(plan.lengths)
@@ -171,11 +168,14 @@ def validate_plan(plan: Plan, cost: CostModel | None = None) -> None:
         for g, group in enumerate(mb.groups):
             where = f"micro-batch {m}, group {g} (ranks {list(group.ranks)})"
             if not _is_block(group.ranks, world):
-                raise PlanError(
-                    f"{where}: ranks must be an aligned block of 1, 2, 4, ... consecutive ranks "
-                    f"starting at a multiple of its size (or the whole world of {world}) "
-                    "inside the world"
+                raise PlanError(f"{where}: ranks must be consecutive ranks of the world of {world}")
+            if cost is not None and not cost.topology.is_valid_block(group.ranks):
+                shape = (
+                    "an aligned power-of-two block (or the whole world)"
+                    if cost.topology.group_shapes == "power_of_two"
+                    else f"inside one node of {cost.topology.node} ranks, or whole nodes"
                 )
+                raise PlanError(f"{where}: a group must be {shape}")
             for r in group.ranks:
                 if r in owner:
                     raise PlanError(f"{where}: rank {r} is also in group {owner[r]}")
@@ -201,8 +201,8 @@ def validate_plan(plan: Plan, cost: CostModel | None = None) -> None:
                 ulysses = ulysses and "S" in cost.model.layers  # no S layer: never runs
                 if ulysses and not ulysses_allowed(cost.model, group.size):
                     raise PlanError(
-                        f"{where}: Ulysses needs num_heads={cost.model.num_heads} divisible "
-                        f"by the group size {group.size}"
+                        f"{where}: Ulysses needs at least one of num_heads="
+                        f"{cost.model.num_heads} per rank, the group has {group.size}"
                     )
                 kind = cost.group_cost(group.size, group.softmax_strategy, group.linear_strategy)
                 memory = kind.memory(tokens)

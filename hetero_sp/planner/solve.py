@@ -38,7 +38,7 @@ def _fits(lengths: np.ndarray, cost: CostModel, sizes: Sequence[int]) -> bool:
         return True  # the biggest group alone holds them all
     for d in reversed(sizes):
         cap = cost.capacity(d)
-        bins = np.zeros(cost.topology.num_gpus // d, dtype=np.int64)
+        bins = np.zeros(cost.topology.max_groups(d), dtype=np.int64)
         for s in sorted(lengths, reverse=True):
             room = np.flatnonzero(bins + s <= cap)
             if not len(room):
@@ -152,7 +152,7 @@ def candidate_splits(
     k_max = min(k0 + 2, len(arr))
     found: list[list[list[int]]] = []
     if k_max * len(arr) ** 2 / 2 <= _DP_CELLS and k_max * len(arr) <= _DP_ROWS:
-        room = max((n // d) * cost.capacity(d) for d in cost.sizes)
+        room = max(cost.topology.max_groups(d) * cost.capacity(d) for d in cost.sizes)
         for k, runs in sorted(_bound_splits(work, single, arr[order], room, n, k_max).items()):
             if k >= k0:
                 found.append([order[a:b] for a, b in runs])

@@ -108,8 +108,11 @@ def _late_micro_batch(
 
 def _milp_input(cost: CostModel, buckets: Buckets, means: tuple[int, ...]) -> MilpInput:
     """The MILP over ``cost.kinds``: every group kind (size and strategy pair) a decision."""
-    kinds = cost.kinds
+    kinds, topology = cost.kinds, cost.topology
+    packing = topology.needs_node_packing(cost.sizes)
     return MilpInput(
+        max_groups=tuple(topology.max_groups(k.size) for k in kinds),
+        node=topology.node if packing else 0,
         num_gpus=cost.topology.num_gpus,
         sizes=tuple(k.size for k in kinds),
         fixed_s=tuple(k.fixed_s for k in kinds),

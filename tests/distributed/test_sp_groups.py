@@ -1,5 +1,6 @@
-"""The pool of SP process groups: which blocks exist for every world size (pure), and that the
-created groups are the right ranks, found by (first rank, size), and usable."""
+"""The pool of SP process groups: groups of any consecutive ranks are made when a plan first
+needs them (collectively, on every rank), hold exactly their ranks, are reused while cached,
+and the least recently used leave once more than ``max_groups`` would be kept."""
 
 from __future__ import annotations
 
@@ -8,90 +9,74 @@ import torch
 import torch.distributed as dist
 
 from hetero_sp.parallel import make_layout
-from hetero_sp.parallel.groups import build_group_pool, pool_blocks
+from hetero_sp.parallel.groups import GroupPool
 from tests.rank_pool import run_ranks
 
-EXPECTED = {
-    1: (),
-    2: ((0, 2),),
-    3: ((0, 2), (0, 3)),
-    4: ((0, 2), (2, 2), (0, 4)),
-    5: ((0, 2), (2, 2), (0, 4), (0, 5)),
-    6: ((0, 2), (2, 2), (4, 2), (0, 4), (0, 6)),
-    7: ((0, 2), (2, 2), (4, 2), (0, 4), (0, 7)),
-    8: ((0, 2), (2, 2), (4, 2), (6, 2), (0, 4), (4, 4), (0, 8)),
-}
 
-
-@pytest.mark.parametrize("world", sorted(EXPECTED))
-def test_pool_blocks_for_world_sizes_1_to_8(world):
-    assert pool_blocks(world) == EXPECTED[world]
-    assert pool_blocks(world, node_size=world) == EXPECTED[world]
-    assert pool_blocks(world, node_size=1) == EXPECTED[world]
-
-
-def test_groups_up_to_a_node_stay_inside_it_and_larger_ones_are_whole_nodes():
-    # 3 nodes of 2: pairs inside nodes, then 2 nodes (aligned) and all 3 nodes
-    assert pool_blocks(6, node_size=2) == ((0, 2), (2, 2), (4, 2), (0, 4), (0, 6))
-    # 2 nodes of 6 ranks: a 4-block at rank 4 would straddle the nodes, so it is not made
-    blocks = pool_blocks(12, node_size=6)
-    assert blocks == (
-        (0, 2), (2, 2), (4, 2), (6, 2), (8, 2), (10, 2),
-        (0, 4), (6, 4), (0, 6), (6, 6), (0, 12),
-    )  # fmt: skip
-    for first, size in blocks:
-        if size <= 6:
-            assert first // 6 == (first + size - 1) // 6, (first, size)
-        else:
-            assert first % 6 == 0 and size % 6 == 0
-    assert pool_blocks(16, node_size=4)[-3:] == ((0, 8), (8, 8), (0, 16))
-
-
-@pytest.mark.parametrize(
-    "args, message",
-    [
-        ((0,), "world size must be >= 1"),
-        ((6, 4), "node size must be >= 1 and divide the world size 6"),
-        ((4, 0), "node size must be >= 1"),
-    ],
-)
-def test_pool_blocks_bad_inputs(args, message):
-    with pytest.raises(ValueError, match=message):
-        pool_blocks(*args)
+def _sum_over(pool: GroupPool, rank: int, first: int, size: int) -> float | None:
+    group = pool.get(first, size)
+    if rank not in group.ranks:
+        return None
+    t = torch.tensor([float(rank)])
+    dist.all_reduce(t, group=group.group)
+    ctx = group.context(rank, make_layout([9], size), "allgather_kv")
+    assert (ctx.rank, ctx.size, ctx.group) == (rank - first, size, group.group)
+    return t.item()
 
 
 def _pool_on_ranks(rank, world_size):
-    pool = build_group_pool()
-    out = {"sizes": pool.sizes, "keys": tuple(pool.groups)}
-    sums = {}
-    for (first, size), g in pool.groups.items():
-        if rank in g.ranks:
-            t = torch.tensor([float(rank)])
-            dist.all_reduce(t, group=g.group)
-            sums[(first, size)] = t.item()
-            ctx = g.context(rank, make_layout([9], size), "allgather_kv")
-            assert (ctx.rank, ctx.size, ctx.group) == (rank - first, size, g.group)
-    out["sums"] = sums
+    pool = GroupPool(world_size, max_groups=2)
+    out = {}
+    # a 3 + 1 plan: the group of 3 is made, the single rank needs none
+    pool.prepare([(0, 3), (3, 1)])
+    out["sum3"] = _sum_over(pool, rank, 0, 3)
     out["single"] = pool.get(rank, 1)
+    out["after_first"] = (pool.cached, pool.created)
     with pytest.raises(ValueError) as info:
         pool.get(1, 2)
-    out["missing"] = str(info.value)
+    out["unprepared"] = str(info.value)
+    pool.prepare([(1, 2), (0, 3)])  # (0, 3) reused, (1, 2) made
+    out["sum12"] = _sum_over(pool, rank, 1, 2)
+    pool.prepare([(2, 2)])  # over the cap: the least recently used, (0, 3), leaves
+    out["after_evict"] = (pool.cached, pool.created)
+    with pytest.raises(ValueError):
+        pool.get(0, 3)
+    pool.prepare([(0, 3)])  # made again; (1, 2) leaves
+    out["remade"] = (pool.cached, pool.created)
+    out["sum3_again"] = _sum_over(pool, rank, 0, 3)
+    pool.prepare([(0, 2), (2, 2), (1, 3)])  # one step needs 3 groups: all kept for it
+    out["big_step"] = (pool.cached, pool.created)
+    out["sums"] = [_sum_over(pool, rank, f, s) for f, s in ((0, 2), (2, 2), (1, 3))]
+    with pytest.raises(ValueError) as info:
+        pool.prepare([(2, 3)])
+    out["outside"] = str(info.value)
     with pytest.raises(ValueError) as info:
         pool.get(0, 2).context(3, make_layout([9], 2))
     out["not_member"] = str(info.value)
     return out
 
 
-def test_pool_groups_hold_their_ranks():
+def test_pool_makes_groups_on_first_use_and_evicts_the_least_recently_used():
     results = run_ranks(_pool_on_ranks, 4)
     for rank, out in enumerate(results):
-        assert out["sizes"] == (1, 2, 4)
-        assert out["keys"] == EXPECTED[4]
-        expected_sums = {
-            (f, s): float(sum(range(f, f + s))) for f, s in EXPECTED[4] if f <= rank < f + s
-        }
-        assert out["sums"] == expected_sums
-        assert (out["single"].first, out["single"].size, out["single"].group) == (rank, 1, None)
-        assert "no SP group of 2 ranks starts at rank 1" in out["missing"]
-        assert "(0, 2), (2, 2), (0, 4)" in out["missing"]
+        assert out["sum3"] == (3.0 if rank < 3 else None)
+        assert out["single"].first == rank and out["single"].group is None
+        assert out["after_first"] == (((0, 3),), 1)
+        assert "ranks 1..2 was not prepared" in out["unprepared"]
+        assert out["sum12"] == (3.0 if rank in (1, 2) else None)
+        assert out["after_evict"] == (((1, 2), (2, 2)), 3)
+        assert out["remade"] == (((2, 2), (0, 3)), 4)
+        assert out["sum3_again"] == (3.0 if rank < 3 else None)
+        cached, created = out["big_step"]
+        assert cached == ((2, 2), (0, 2), (1, 3)) and created == 6
+        want = [1.0 if rank < 2 else None, 5.0 if rank >= 2 else None, 6.0 if rank else None]
+        assert out["sums"] == want
+        assert "no SP group of 3 ranks can start at rank 2 in a world of 4" in out["outside"]
         assert "rank 3 is not in the group of ranks 0..1" in out["not_member"]
+
+
+def test_pool_refuses_bad_sizes():
+    with pytest.raises(ValueError, match="world size must be >= 1"):
+        GroupPool(0)
+    with pytest.raises(ValueError, match="max_groups must be >= 1"):
+        GroupPool(4, max_groups=0)

@@ -153,7 +153,7 @@ def _check(results, strategy, size):
 
 
 @pytest.mark.parametrize("strategy", ["lasp2", "zeco"])
-@pytest.mark.parametrize("size", [2, 3, 4])
+@pytest.mark.parametrize("size", [2, 3, 4, 5, 6])
 def test_strategy_equals_single_process(strategy, size):
     results = run_ranks(_run_cases, size, strategy, "torch", CASES, LAYOUTS)
     _check(results, strategy, size)

@@ -3,8 +3,9 @@ the single-process varlen attention of the group's whole stream, sliced to the r
 
 Batches where documents start and end anywhere: one document spanning all ranks, documents
 shorter than P tokens, many tiny documents, a rank holding only the interior of a document,
-and one token per rank; both layouts; several GQA head counts; groups of 2, 3 (a subgroup of 4
-ranks made with ``dist.new_group``) and 4 ranks.
+and one token per rank; both layouts; several GQA head counts, and Ulysses with head counts the
+group size does not divide; groups of 2, 3 (a subgroup of 4 ranks made with ``dist.new_group``),
+4, 5 (a subgroup of 6) and 6 ranks.
 """
 
 from __future__ import annotations
@@ -122,14 +123,22 @@ def _check(strategy, P, heads, results):
 
 ULYSSES_HEADS = {
     2: [(4, 2), (4, 1), (8, 8)],
-    3: [(6, 2), (3, 3)],  # 6/2: rank 1's query heads read both KV heads
-    4: [(4, 2), (4, 1), (12, 3)],  # 12/3: KV heads per rank are 1, 2, 2, 1
+    3: [(6, 2), (3, 3), (8, 2)],  # 6/2: rank 1's query heads read both KV heads; 8: 2, 3, 3
+    4: [(4, 2), (4, 1), (12, 3), (6, 3)],  # 12/3: KV heads per rank 1, 2, 2, 1; 6: 1, 2, 1, 2
+    5: [(8, 2), (5, 5)],  # 8 query heads: 1, 2, 1, 2, 2
+    6: [(8, 4), (6, 1)],  # 8 query heads: 1, 1, 2, 1, 1, 2
 }
-ALLGATHER_HEADS = {2: [(4, 2)], 3: [(4, 2), (6, 3)], 4: [(4, 2), (4, 1)]}
-GROUPS = {2: (2, [0, 1]), 3: (4, [1, 2, 3]), 4: (4, [0, 1, 2, 3])}
+ALLGATHER_HEADS = {2: [(4, 2)], 3: [(4, 2), (6, 3)], 4: [(4, 2), (4, 1)], 5: [(4, 2)], 6: [(4, 1)]}
+GROUPS = {
+    2: (2, [0, 1]),
+    3: (4, [1, 2, 3]),
+    4: (4, [0, 1, 2, 3]),
+    5: (6, [1, 2, 3, 4, 5]),
+    6: (6, [0, 1, 2, 3, 4, 5]),
+}
 
 
-@pytest.mark.parametrize("P", [2, 3, 4])
+@pytest.mark.parametrize("P", [2, 3, 4, 5, 6])
 @pytest.mark.parametrize("strategy", ["ulysses", "allgather_kv"])
 def test_strategy_equals_single_process_attention(strategy, P):
     heads = (ULYSSES_HEADS if strategy == "ulysses" else ALLGATHER_HEADS)[P]

@@ -43,6 +43,8 @@ def _counted_call(rank, world_size, strategy, H, G, dtype):
         ("ulysses", 4, 4, 1, torch.float32),  # each KV head replicated to every rank
         ("ulysses", 4, 12, 3, torch.float32),  # ranks receive 1, 2, 2, 1 KV heads
         ("ulysses", 4, 8, 8, torch.bfloat16),
+        ("ulysses", 3, 4, 2, torch.float32),  # query heads 1, 1, 2: uneven splits
+        ("ulysses", 4, 6, 3, torch.float32),  # query heads 1, 2, 1, 2
         ("allgather_kv", 2, 4, 2, torch.float32),
         ("allgather_kv", 4, 4, 1, torch.bfloat16),
     ],
@@ -81,8 +83,8 @@ def _bad_calls(rank, world_size):
     T = layout.tokens_per_rank
     messages = {}
     q, k = torch.randn(T, 4, E), torch.randn(T, 2, E)
-    with pytest.raises(UnsupportedGroupSize) as info:
-        softmax_strategy("ulysses")(q, k, k, seqs)
+    with pytest.raises(UnsupportedGroupSize) as info:  # 3 ranks, 2 query heads: one gets none
+        softmax_strategy("ulysses")(k, k, k, seqs)
     messages["heads"] = str(info.value)
     with pytest.raises(ValueError) as info:
         softmax_strategy("allgather_kv")(q[:-1], k[:-1], k[:-1], seqs)
@@ -103,7 +105,8 @@ def _bad_calls(rank, world_size):
 def test_bad_calls_raise_clear_errors_before_communicating():
     results = run_ranks(_bad_calls, 4)
     for messages in results[1:]:
-        assert "4 query heads (2 KV heads)" in messages["heads"]
+        assert "2 query heads (2 KV heads)" in messages["heads"]
+        assert "groups of at most 2 ranks" in messages["heads"]
         assert "group has 3 ranks" in messages["heads"]
         assert "allgather_kv" in messages["heads"]
         assert (

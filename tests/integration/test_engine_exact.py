@@ -2,7 +2,7 @@
 
 Four gloo ranks run one step of a hand-made plan through DeepSpeed (ZeRO 0, 1, 2, 3): a micro-batch
 with a group of two ranks and two groups of one, then a micro-batch with one group of four, on a
-hybrid model. The optimizer is plain SGD (no momentum, decay or clipping), so the parameter
+hybrid model; and a plan of groups of three and one against data parallelism. The optimizer is plain SGD (no momentum, decay or clipping), so the parameter
 update is the averaged gradient DeepSpeed applied times the learning rate; it must equal the
 gradient of one process running the whole batch, and the step's loss the reference loss.
 The learning rate is 1024 (a power of two, so the division back is exact): with lr 1 the update
@@ -19,7 +19,7 @@ from hetero_sp.data.batch import GlobalBatch
 from hetero_sp.engine import checkpoint as ckpt_io
 from hetero_sp.engine.deepspeed_engine import deepspeed_config
 from hetero_sp.engine.step import run_step
-from hetero_sp.parallel.groups import build_group_pool
+from hetero_sp.parallel.groups import GroupPool, plan_blocks
 from hetero_sp.planner.plan import GroupPlan, MicroBatchPlan, Plan, SolverStats, validate_plan
 from hetero_sp.reference import pack_documents, reference_step
 from tests.common import assert_rel_close, random_docs, tiny_model
@@ -60,6 +60,11 @@ HETERO = [
     [([0, 1, 2, 3], [5, 6, 7])],  # then one group of four
 ]
 STATIC_2 = [[([0, 1], [0, 2, 4]), ([2, 3], [1, 3, 5, 6, 7])]]
+MIXED_3_1 = [
+    [([0, 1, 2], [5, 1]), ([3], [0, 2, 3])],  # a group of three and a group of one
+    [([0], [4, 6]), ([1, 2, 3], [7])],  # then one and three, the three on ranks 1-3
+]
+DATA_PARALLEL = [[([0], [5]), ([1], [0, 1]), ([2], [2, 3, 4]), ([3], [6, 7])]]
 
 
 def _one_step(rank, world_size, layers, stage, groups_per_mb, softmax, linear, checkpoint=False):
@@ -77,9 +82,10 @@ def _one_step(rank, world_size, layers, stage, groups_per_mb, softmax, linear, c
         optimizer=torch.optim.SGD(model.parameters(), lr=LR),
         config=deepspeed_config(cfg),
     )
-    pool = build_group_pool(world_size)
+    pool = GroupPool(world_size)
     batch = GlobalBatch.from_arrays(0, [d.numpy() for d in random_docs(LENGTHS)])
     plan = _plan(groups_per_mb, softmax, linear)
+    pool.prepare(plan_blocks(plan))
 
     def context_for(group, layout):
         return pool.get(group.ranks[0], len(group.ranks)).context(
@@ -118,6 +124,23 @@ def test_heterogeneous_plan_step_equals_single_process(stage, softmax, linear):
     layers = "LLSS"
     results = run_ranks(_one_step, 4, layers, stage, HETERO, softmax, linear, timeout=300)
     _check_against_reference(results, layers)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("softmax, linear", STRATEGY_MIXES)
+def test_groups_of_three_and_one_match_data_parallelism(softmax, linear):
+    """Groups that are not powers of two (3 + 1 on 4 ranks; Ulysses splits the tiny model's 4
+    query heads 1, 1, 2): the same loss and update as data parallelism and as one process."""
+    layers = "LLSS"
+    mixed = run_ranks(_one_step, 4, layers, 1, MIXED_3_1, softmax, linear, timeout=300)
+    dp = run_ranks(_one_step, 4, layers, 1, DATA_PARALLEL, softmax, linear, timeout=300)
+    _check_against_reference(mixed, layers)
+    _check_against_reference(dp, layers)
+    for a, b in zip(mixed, dp):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-6)
+        for name in a["update"]:
+            # both are within 1e-5 of the reference; to each other, twice that
+            assert_rel_close(a["update"][name], b["update"][name], 2e-5, name)
 
 
 ONE_LONG = [

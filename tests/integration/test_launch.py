@@ -280,14 +280,17 @@ def test_stopped_launcher_stops_its_workers(dataset, tmp_path):
     assert proc.returncode != 0
 
 
-def test_topology_line_lists_the_pool_blocks():
+def test_topology_line_lists_the_group_shapes():
     from hetero_sp.engine.topology_report import describe_topology
 
-    line = describe_topology(12, nodes=3, per_node=4, node_size=4, sp_mode="hetero")
+    line = describe_topology(12, nodes=3, per_node=4, node_size=4, sp_mode="hetero", max_groups=9)
     assert line.startswith("12 ranks = 3 nodes x 4 processes; SP node size 4")
-    # Blocks inside each node up to its size, then whole nodes: 2 of them aligned, and all 3.
-    assert (
-        "size 4: 3 groups (0-3 4-7 8-11) | size 8: 1 group (0-7) | size 12: 1 group (0-11)" in line
+    # any size inside a node, then whole nodes
+    assert "group shapes any: sizes 1-4 inside a node, 8 12 on whole nodes" in line
+    assert "process groups made on first use, at most 9 kept" in line
+    pow2 = describe_topology(
+        12, nodes=3, per_node=4, node_size=4, sp_mode="hetero", group_shapes="power_of_two"
     )
+    assert "group shapes power_of_two: sizes 1 2 4 inside a node, 8 12 on whole nodes" in pow2
     with pytest.raises(ValueError, match="launch the same number of processes on every node"):
         describe_topology(12, nodes=2, per_node=4, node_size=4, sp_mode="hetero")

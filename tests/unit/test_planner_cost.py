@@ -11,7 +11,7 @@ import pytest
 
 from hetero_sp.core.traffic import allgather_kv_bytes, lasp2_bytes, ulysses_bytes
 from hetero_sp.planner.bucketing import bucket_lengths
-from hetero_sp.planner.cluster import Link, Topology
+from hetero_sp.planner.cluster import Link, Topology, node_patterns, place_groups
 from hetero_sp.planner.cost import CostModel, ulysses_allowed
 from hetero_sp.planner.estimate import h100_estimate
 from hetero_sp.planner.memory import activation_bytes_per_token, count_params, model_state_bytes
@@ -43,13 +43,26 @@ def test_model_states_by_zero_stage():
 
 
 def test_ulysses_head_limit_shapes_the_allowed_sizes():
-    assert [d for d in (1, 2, 3, 4, 8) if ulysses_allowed(tiny_config(), d)] == [1, 2, 4]
+    # 4 query heads: any group of at most 4 ranks, heads split unevenly on 3
+    assert [d for d in (1, 2, 3, 4, 5, 8) if ulysses_allowed(tiny_config(), d)] == [1, 2, 3, 4]
     only_ulysses = synthetic_cost(8, softmax_strategies=("ulysses",))
-    assert only_ulysses.sizes == (1, 2, 4)  # 4 query heads: no group of 8
+    assert only_ulysses.sizes == (1, 2, 3, 4)
     both = synthetic_cost(8)
-    assert both.sizes == (1, 2, 4, 8) and both.groups[8].softmax_strategy == "allgather_kv"
+    assert both.sizes == (1, 2, 3, 4, 8) and both.groups[8].softmax_strategy == "allgather_kv"
     linear_only = synthetic_cost(8, layers="LL", softmax_strategies=("ulysses",))
-    assert linear_only.sizes == (1, 2, 4, 8)  # no softmax layer, no head limit
+    assert linear_only.sizes == (1, 2, 3, 4, 8)  # no softmax layer, no head limit
+    pow2 = synthetic_cost(8, group_shapes="power_of_two")
+    assert pow2.sizes == (1, 2, 4, 8)
+
+
+def test_uneven_ulysses_prices_the_busiest_rank():
+    # 4 query heads on 3 ranks: 1, 1, 2; the busiest holds half the attention's quadratic work
+    ulysses = synthetic_cost(4, softmax_strategies=("ulysses",), layers="S")
+    gather = synthetic_cost(4, softmax_strategies=("allgather_kv",), layers="S")
+    a2 = ulysses.profile.compute["S"].a2
+    assert ulysses.groups[3].per_token2_s == pytest.approx(a2 * 2 / 4, rel=1e-12)
+    assert gather.groups[3].per_token2_s == pytest.approx(a2 / 3, rel=1e-12)
+    assert ulysses.groups[4].per_token2_s == pytest.approx(a2 / 4, rel=1e-12)
 
 
 @pytest.mark.parametrize("strategy", ["ulysses", "allgather_kv"])
@@ -102,14 +115,48 @@ def test_profile_of_another_model_is_refused():
 
 
 def test_topology_group_sizes_and_blocks():
-    assert Topology(num_gpus=8).group_sizes() == (1, 2, 4, 8)
-    assert Topology(num_gpus=6, gpus_per_node=6).group_sizes() == (1, 2, 4, 6)
-    assert Topology(num_gpus=8).group_sizes(max_size=2) == (1, 2)
-    topo = Topology(num_gpus=6, gpus_per_node=6)
+    pow2 = dict(group_shapes="power_of_two")
+    assert Topology(num_gpus=8, **pow2).group_sizes() == (1, 2, 4, 8)
+    assert Topology(num_gpus=6, gpus_per_node=6, **pow2).group_sizes() == (1, 2, 4, 6)
+    assert Topology(num_gpus=8, **pow2).group_sizes(max_size=2) == (1, 2)
+    topo = Topology(num_gpus=6, gpus_per_node=6, **pow2)
     assert topo.is_valid_block((4, 5)) and topo.is_valid_block(tuple(range(6)))
     assert not topo.is_valid_block((2, 3, 4, 5)) and not topo.is_valid_block((1, 2))
     with pytest.raises(ValueError, match="gpus_per_node must be a power of two"):
-        Topology(num_gpus=12, gpus_per_node=6)
+        Topology(num_gpus=12, gpus_per_node=6, **pow2)
+    # any: every size inside a node, whole nodes above it
+    any_ = Topology(num_gpus=12, gpus_per_node=6)
+    assert any_.group_sizes() == (1, 2, 3, 4, 5, 6, 12)
+    assert any_.group_sizes(max_size=5) == (1, 2, 3, 4, 5)
+    assert any_.is_valid_block((1, 2, 3)) and any_.is_valid_block((6, 7, 8, 9, 10))
+    assert not any_.is_valid_block((4, 5, 6)) and not any_.is_valid_block((3, 4, 5, 6, 7, 8, 9))
+    assert [any_.max_groups(d) for d in (1, 2, 4, 5, 6, 12)] == [12, 6, 2, 2, 2, 1]
+    assert Topology(num_gpus=24, gpus_per_node=8).group_sizes()[-3:] == (8, 16, 24)
+    with pytest.raises(ValueError, match=r"gpus_per_node \(8\) must divide num_gpus \(12\)"):
+        Topology(num_gpus=12, gpus_per_node=8)
+    with pytest.raises(ValueError, match="group_shapes 'square' is unknown"):
+        Topology(num_gpus=4, group_shapes="square")
+
+
+def test_groups_are_placed_inside_nodes_or_on_whole_nodes():
+    topo = Topology(num_gpus=16, gpus_per_node=8)
+    assert topo.needs_node_packing((1, 3, 4)) and not topo.needs_node_packing((1, 2, 4, 8))
+    sizes = [5, 3, 3, 3, 2]
+    firsts = place_groups(sizes, topo)
+    spans = sorted((f, f + d - 1) for f, d in zip(firsts, sizes))
+    assert all(a[1] < b[0] for a, b in zip(spans, spans[1:]))  # no overlap
+    assert all(topo.is_valid_block(range(f, f + d)) for f, d in zip(firsts, sizes))
+    # nodes of 10: first fit decreasing gives 5+4 | 3+3+3 and no room for the 2; the search
+    # finds 5+3+2 | 4+3+3
+    tens = Topology(num_gpus=20, gpus_per_node=10)
+    sizes = [5, 4, 3, 3, 3, 2]
+    firsts = place_groups(sizes, tens)
+    assert firsts is not None
+    assert all(tens.is_valid_block(range(f, f + d)) for f, d in zip(firsts, sizes))
+    assert place_groups([5, 5, 5], topo) is None  # 15 GPUs of 16, but no node holds two 5s
+    assert place_groups([16], topo) == [0] and place_groups([8, 3, 5], topo) is not None
+    # patterns of one node of 8 with groups of 3 and 5: the maximal fillings
+    assert set(node_patterns(8, (3, 5))) == {(2, 0), (1, 1)}
 
 
 def test_all_to_all_across_nodes_splits_over_both_links():
@@ -154,7 +201,16 @@ def test_shipped_cpu_profile_plans_up_to_its_measured_sizes():
     assert set(profile.collectives["all_to_all"]) == {2, 4}
     for fit in profile.compute.values():
         assert fit.max_rel_err is not None and len(fit.samples) >= 3
-    assert CostModel(profile, profile.topology(4)).sizes == (1, 2, 4)
+    # 3 is interpolated between the measured 2 and 4
+    cost = CostModel(profile, profile.topology(4))
+    assert cost.sizes == (1, 2, 3, 4)
+    two, three, four = (cost.link("all_to_all", d) for d in (2, 3, 4))
+    assert two.latency_s < three.latency_s < four.latency_s or (
+        two.latency_s > three.latency_s > four.latency_s
+    )
+    assert 1 / three.bandwidth_Bps == pytest.approx(
+        (1 / two.bandwidth_Bps + 1 / four.bandwidth_Bps) / 2
+    )
     with pytest.raises(ValueError, match="groups of 8 ranks"):
         CostModel(profile, profile.topology(8))
 

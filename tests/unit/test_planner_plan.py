@@ -101,17 +101,13 @@ def _broken(plan: Plan) -> dict[str, tuple[Plan, str]]:
             _with_groups(plan, [*mb0.groups, dataclasses.replace(mb0.groups[-1], sequences=())]),
             "rank .* is also in group",
         ),
-        "misaligned": (
-            _with_groups(plan, [_group((0,)), _group((1, 2), everything, plan), _group((3,))]),
-            "aligned block",
-        ),
         "not consecutive": (
             _with_groups(plan, [_group((0, 2), everything, plan), _group((1,)), _group((3,))]),
-            "aligned block",
+            "must be consecutive ranks",
         ),
         "outside world": (
             _with_groups(plan, [*idle[:3], _group((4,), everything, plan)]),
-            "inside the world",
+            "consecutive ranks of the world of 4",
         ),
         "missing rank": (
             _with_groups(plan, list(mb0.groups)[:-1] if len(mb0.groups) > 1 else []),
@@ -147,7 +143,6 @@ def _broken(plan: Plan) -> dict[str, tuple[Plan, str]]:
     "kind",
     [
         "rank twice",
-        "misaligned",
         "not consecutive",
         "outside world",
         "missing rank",
@@ -164,6 +159,28 @@ def test_validation_catches(plan, cost, kind):
         validate_plan(broken, cost)
     with pytest.raises(PlanError, match=match):
         validate_plan(broken)
+
+
+@pytest.mark.parametrize(
+    "shapes, node, ranks, match",
+    [
+        ("power_of_two", 4, (1, 2), "aligned power-of-two block"),
+        ("power_of_two", 4, (0, 1, 2), "aligned power-of-two block"),
+        ("any", 2, (1, 2), "inside one node of 2 ranks, or whole nodes"),
+    ],
+)
+def test_validation_checks_the_group_shapes(plan, shapes, node, ranks, match):
+    cost = synthetic_cost(4, tokens_per_gpu=1000, group_shapes=shapes, gpus_per_node=node)
+    everything = tuple(i for g in plan.micro_batches[0].groups for i in g.sequences)
+    rest = [_group((r,)) for r in range(4) if r not in ranks]
+    broken = _with_groups(plan, sorted([*rest, _group(ranks, everything, plan)], key=_first))
+    with pytest.raises(PlanError, match=match):
+        validate_plan(broken, cost)
+    validate_plan(broken)  # without a cluster, any consecutive ranks pass
+
+
+def _first(group: GroupPlan) -> int:
+    return group.ranks[0]
 
 
 def test_validation_catches_memory_over_the_limit(plan, cost):
@@ -187,7 +204,7 @@ def test_validation_catches_ulysses_beyond_the_head_limit():
     cost = synthetic_cost(8, tokens_per_gpu=1000)  # 4 query heads: Ulysses up to 4 ranks
     plan = plan_batch([500, 400], cost, FAST)
     group = _group(tuple(range(8)), (0, 1), plan, softmax_strategy="ulysses")
-    with pytest.raises(PlanError, match="Ulysses needs num_heads=4 divisible by the group size 8"):
+    with pytest.raises(PlanError, match="at least one of num_heads=4 per rank, the group has 8"):
         validate_plan(_with_groups(plan, [group]), cost)
     validate_plan(
         _with_groups(plan, [dataclasses.replace(group, softmax_strategy="allgather_kv")]), cost

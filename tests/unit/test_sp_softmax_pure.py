@@ -11,7 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from hetero_sp.core.heads import check_ulysses_heads, ulysses_kv_of_q, ulysses_kv_ranges
+from hetero_sp.core.heads import (
+    busiest_heads,
+    check_ulysses_heads,
+    ulysses_kv_of_q,
+    ulysses_kv_ranges,
+    ulysses_q_ranges,
+)
 from hetero_sp.core.traffic import CommBytes, ulysses_bytes
 from hetero_sp.model import PackedSeqs
 from hetero_sp.parallel import (
@@ -28,13 +34,23 @@ from tests.common import random_docs, tiny_model
 
 def test_ulysses_head_limits():
     assert ulysses_supported(8, 2, 4) and ulysses_supported(8, 2, 8) and ulysses_supported(6, 2, 3)
-    assert not ulysses_supported(8, 2, 3)
+    assert ulysses_supported(8, 2, 3) and ulysses_supported(8, 2, 5)  # uneven head splits
     assert not ulysses_supported(4, 2, 8)  # more ranks than query heads
     assert not ulysses_supported(6, 4, 2)  # KV heads must divide query heads
-    with pytest.raises(UnsupportedGroupSize, match=r"8 query heads \(2 KV heads\).* 3 ranks"):
-        check_ulysses_heads(8, 2, 3)
-    with pytest.raises(UnsupportedGroupSize, match="dividing 8 \\(1, 2, 4, 8\\)"):
-        check_ulysses_heads(8, 2, 3)
+    with pytest.raises(UnsupportedGroupSize, match=r"4 query heads \(2 KV heads\).* 5 ranks"):
+        check_ulysses_heads(4, 2, 5)
+    with pytest.raises(UnsupportedGroupSize, match="groups of at most 4 ranks or the allgather_kv"):
+        check_ulysses_heads(4, 2, 5)
+
+
+@pytest.mark.parametrize("H, P", [(8, 3), (8, 5), (8, 6), (7, 7), (12, 5), (4, 4)])
+def test_ulysses_uneven_heads_cover_each_head_once(H, P):
+    ranges = ulysses_q_ranges(H, 1, P)
+    assert ranges[0][0] == 0 and ranges[-1][1] == H
+    assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))
+    counts = [hi - lo for lo, hi in ranges]
+    assert min(counts) >= 1 and max(counts) - min(counts) <= 1
+    assert max(counts) == busiest_heads(H, P) == -(-H // P)
 
 
 @pytest.mark.parametrize(
@@ -46,6 +62,8 @@ def test_ulysses_head_limits():
         (6, 2, 3, ((0, 1), (0, 2), (1, 2)), [None, None, None]),
         # 12 query heads read KV head i // 4; rank 1 holds query heads 3, 4, 5
         (12, 3, 4, ((0, 1), (0, 2), (1, 3), (2, 3)), [None, (0, 1, 1), (0, 0, 1), None]),
+        # uneven: query heads 0-1, 2-4, 5-7 on 3 ranks, two query heads per KV head
+        (8, 4, 3, ((0, 1), (1, 3), (2, 4)), [None, (0, 0, 1), (0, 1, 1)]),
     ],
 )
 def test_ulysses_kv_heads_are_exactly_those_needed(H, G, P, ranges, remap):
@@ -75,7 +93,12 @@ def test_ulysses_bytes_by_rank_and_busiest():
     assert busiest.fwd_send == max(c.fwd_send for c in every)
     assert ulysses_bytes(T, 1, 12, 3, E, 4).total == 0
     with pytest.raises(UnsupportedGroupSize):
-        ulysses_bytes(T, 3, 8, 2, E, 4)
+        ulysses_bytes(T, 3, 2, 2, E, 4)
+    # uneven: 8 query heads on 3 ranks are 2, 3, 3; q and o of rank 0 leave with the other
+    # ranks' 6 heads of its tokens and arrive with its 2 heads of 2 ranks' tokens
+    r0 = ulysses_bytes(T, 3, 8, 8, E, 4, rank=0)
+    assert r0.fwd_send == T * E * (6 + 2 * 2) * 4 + 2 * T * E * 6 * 4
+    assert ulysses_bytes(T, 3, 8, 8, E, 4).fwd_recv == T * E * (5 + 2 * 3 + 2 * 2 * 3) * 4
     with pytest.raises(ValueError, match="rank 4 is outside a group of 4"):
         ulysses_bytes(T, 4, 8, 2, E, 4, rank=4)
 
