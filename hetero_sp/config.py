@@ -397,6 +397,11 @@ class PlannerConfig:
     """With planning time left after the token-balanced micro-batch split, also plan the splits
     whose lower bound can beat it (quadratic cost and memory decide, not tokens) and keep the
     fastest plan; false: the token-balanced split only."""
+    passes: bool = True
+    """Let a group run its share of a micro-batch as several passes (each a packed stream that
+    fits memory, gradients accumulated), so memory bounds a pass, not the group's share; used
+    with ZeRO stages 0 and 1 only, whose backward does not communicate (stages 2 and 3 reduce
+    or gather in every pass, so every rank would wait for the group with the most)."""
     explicit_slots: int = 8
     """Group sizes with at most this many possible groups get one MILP slot per group."""
     improve_rounds: int = 300

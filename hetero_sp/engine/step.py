@@ -3,7 +3,13 @@ rank's share of its group, then one DeepSpeed optimizer step.
 
 Gradient accumulation is explicit: DeepSpeed runs with ``managed_gradient_accumulation`` off,
 so each ``backward`` only accumulates (ZeRO-2/3 reduce-scatter as they go) and ``step`` is the
-one accumulation boundary, however many micro-batches this step's plan has. Every rank scales
+one accumulation boundary, however many micro-batches this step's plan has.
+
+A group may run its share of a micro-batch as several passes (``GroupPlan.pass_list``), each a
+forward and backward of its own stream. With ZeRO 0 and 1 a backward does not communicate, so
+every group runs just its own passes. With ZeRO 2 and 3 every backward reduces (and every
+forward of ZeRO 3 gathers) over all ranks, so each rank of a micro-batch runs as many passes as
+the group with the most, the extra ones on one padding token (``pad_passes``). Every rank scales
 its loss sum by ``world_size / global_tokens``: DeepSpeed's average over ranks then equals the
 gradient of the step's mean token loss, whatever the plan's groups.
 """
@@ -44,9 +50,11 @@ def run_step(
     context_for: Callable[[GroupWork, GroupLayout], SPContext],
     layers: str,
     device: torch.device,
+    pad_passes: bool = True,
 ) -> StepOutcome:
-    """Forward and backward of every micro-batch of ``plan``; the optimizer step is the
-    caller's (it sets the learning rate first)."""
+    """Forward and backward of every pass of every micro-batch of ``plan``; the optimizer step
+    is the caller's (it sets the learning rate first). ``pad_passes``: every rank runs as many
+    passes per micro-batch as its busiest group (needed with ZeRO 2 and 3)."""
     if plan.world_size != world_size:
         raise ValueError(f"the plan is for {plan.world_size} ranks, this run has {world_size}")
     if list(plan.lengths) != batch.lengths:
@@ -55,15 +63,23 @@ def run_step(
     out = StepOutcome()
     for mb in plan.micro_batches:
         group = mb.group_of(rank)
-        work = rank_microbatch(batch, group, rank, context_for, layers, device)
-        begin = time.perf_counter()
-        loss_sum = engine(work.inputs_T, work.seqs, work.labels_T)
-        engine.backward(loss_sum * scale)
-        out.micro_batch_s.append(time.perf_counter() - begin)
-        out.loss_sum += loss_sum.item()
-        out.labels += work.num_labels
-        if work.layout is not None and rank == group.ranks[0]:
-            out.padding_tokens += work.layout.num_pad
+        passes = list(group.pass_list)
+        if pad_passes or not passes:  # an idle group still runs one pass
+            most = max(max(len(g.pass_list) for g in mb.groups), 1) if pad_passes else 1
+            passes += [()] * (most - len(passes))
+        seconds = 0.0
+        for sequences in passes:
+            one = GroupWork(group.ranks, sequences, group.softmax_strategy, group.linear_strategy)
+            work = rank_microbatch(batch, one, rank, context_for, layers, device)
+            begin = time.perf_counter()
+            loss_sum = engine(work.inputs_T, work.seqs, work.labels_T)
+            engine.backward(loss_sum * scale)
+            seconds += time.perf_counter() - begin
+            out.loss_sum += loss_sum.item()
+            out.labels += work.num_labels
+            if work.layout is not None and rank == group.ranks[0]:
+                out.padding_tokens += work.layout.num_pad
+        out.micro_batch_s.append(seconds)
     return out
 
 

@@ -237,6 +237,7 @@ class Trainer:
             self._context_for,
             cfg.model.layers,
             info.device,
+            pad_passes=cfg.train.zero_stage >= 2,
         )
         lr = deepspeed_engine.lr_at(step, cfg.optim, cfg.train.steps)
         deepspeed_engine.set_lr(self.engine.optimizer, lr)

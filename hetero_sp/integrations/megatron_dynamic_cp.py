@@ -23,6 +23,7 @@ See ``docs/megatron.md`` ("Dynamic CP").
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -182,7 +183,8 @@ def use_hetero_sp_scheduler(
     # (0.16.1: megatron.core.datasets.data_schedule); the rest of the plug-in does not need it.
     from megatron.core.datasets import data_schedule
 
-    options = planner or PlannerConfig()
+    # Megatron's runtime runs the phases: one stream per group and phase, no passes
+    options = dataclasses.replace(planner or PlannerConfig(), passes=False)
     wrapper = data_schedule.HybridCPDataLoaderWrapper
     saved = data_schedule.BalancedCPScheduler, wrapper.__next__
     original_next = wrapper.__next__

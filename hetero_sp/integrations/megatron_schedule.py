@@ -114,6 +114,11 @@ def plan_phases(plan: Plan) -> list[Phase]:
     megatron_max_group_size(world)
     for mb in plan.micro_batches:
         for g in mb.groups:
+            if g.passes:
+                raise UserError(
+                    "the plan has groups running several passes, which Megatron's hybrid-CP "
+                    "phases cannot express; plan with planner.passes=false"
+                )
             if not megatron_block(g.ranks, world):
                 raise UserError(
                     f"the plan has a group on ranks {g.ranks[0]}..{g.ranks[-1]}, which Megatron's "

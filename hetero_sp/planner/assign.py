@@ -26,12 +26,22 @@ from hetero_sp.planner.plan import GroupPlan
 
 class Packing:
     """Sequences (indices into ``lengths``) on groups of the given kinds: each a
-    :class:`GroupCost` (a size and its strategy pair), or a size for that size's default kind."""
+    :class:`GroupCost` (a size and its strategy pair), or a size for that size's default kind.
+
+    With ``passes``, a group may run its sequences as several passes (each within its memory);
+    each pass pays the group's fixed time. While sequences move, a group's passes are counted as
+    ``ceil(tokens / max_tokens)``; :meth:`pass_bins` packs them for real (first fit by tokens,
+    longest first) and :meth:`exact_loads` prices that."""
 
     def __init__(
-        self, lengths: np.ndarray, cost: CostModel, kinds: Sequence[int | GroupCost]
+        self,
+        lengths: np.ndarray,
+        cost: CostModel,
+        kinds: Sequence[int | GroupCost],
+        passes: bool = False,
     ) -> None:
         self.cost, self.lengths = cost, np.asarray(lengths, dtype=np.int64)
+        self.passes = passes
         self.specs = [cost.groups[k] if isinstance(k, int) else k for k in kinds]
         self.sizes = [k.size for k in self.specs]
         per_kind = {}
@@ -47,12 +57,51 @@ class Packing:
         self.count = np.zeros(len(self.sizes), dtype=np.int64)
         self.where = np.full(len(self.lengths), -1, dtype=np.int64)
 
+    def _fixed(self, tokens: np.ndarray, count: np.ndarray, g=slice(None)) -> np.ndarray:
+        """Fixed time of groups ``g`` holding ``tokens`` in ``count`` sequences."""
+        if not self.passes:
+            return self.fixed[g] * (count > 0)
+        num = np.maximum(1, -(-tokens // np.maximum(self.cap[g], 1)))
+        return self.fixed[g] * np.where(count > 0, num, 0)
+
+    def _fits(self, tokens: np.ndarray, length, g=slice(None)) -> np.ndarray:
+        """Whether a sequence of ``length`` may join groups ``g`` now holding ``tokens``."""
+        if self.passes:
+            return np.broadcast_to(length <= self.cap[g], np.shape(tokens))
+        return tokens + length <= self.cap[g]
+
     def loads(self) -> np.ndarray:
-        return self.busy + self.fixed * (self.count > 0)
+        return self.busy + self._fixed(self.tokens, self.count)
 
     @property
     def makespan(self) -> float:
-        return float(self.loads().max()) if self.sizes else 0.0
+        """The busiest group's time, its passes packed for real."""
+        return float(self.exact_loads().max()) if self.sizes else 0.0
+
+    def pass_bins(self, g: int) -> list[list[int]]:
+        """Group ``g``'s sequences as passes: one pass without ``passes``, else first fit by
+        tokens, longest first, into passes of at most its ``max_tokens``."""
+        members = sorted(np.flatnonzero(self.where == g), key=lambda i: (-self.lengths[i], i))
+        if not self.passes:
+            return [sorted(int(i) for i in members)] if members else []
+        bins: list[list[int]] = []
+        room: list[int] = []
+        for i in members:
+            b = next((b for b, r in enumerate(room) if self.lengths[i] <= r), None)
+            if b is None:
+                bins.append([])
+                room.append(int(self.cap[g]))
+                b = len(bins) - 1
+            bins[b].append(int(i))
+            room[b] -= int(self.lengths[i])
+        return [sorted(b) for b in bins]
+
+    def exact_loads(self) -> np.ndarray:
+        """Loads with every group's passes packed for real (:meth:`pass_bins`)."""
+        if not self.passes:
+            return self.loads()
+        num = np.array([len(self.pass_bins(g)) for g in range(len(self.sizes))])
+        return self.busy + self.fixed * num
 
     def add(self, i: int, g: int) -> None:
         self.busy[g] += self.times[g, i]
@@ -73,14 +122,14 @@ class Packing:
         groups = np.arange(len(self.sizes)) if allowed is None else np.asarray(allowed)
         failed = []
         for i in sorted(items, key=lambda i: (-self.lengths[i], i)):
-            room = self.tokens[groups] + self.lengths[i] <= self.cap[groups]
+            room = self._fits(self.tokens[groups], self.lengths[i], groups)
             if not room.any():
                 failed.append(i)
                 continue
             after = (
-                self.loads()[groups]
+                self.busy[groups]
                 + self.times[groups, i]
-                + self.fixed[groups] * (self.count[groups] == 0)
+                + self._fixed(self.tokens[groups] + self.lengths[i], self.count[groups] + 1, groups)
             )
             after[~room] = np.inf
             self.add(i, int(groups[int(np.argmin(after))]))
@@ -99,10 +148,16 @@ class Packing:
             members = np.flatnonzero(self.where == g)
             best_val, best_move = top - tol, None
             others = np.arange(len(self.sizes)) != g
+            gi = np.array([g])
             for i in members:
-                left = loads[g] - self.times[g, i] - (self.fixed[g] if self.count[g] == 1 else 0)
-                into = loads + self.times[:, i] + self.fixed * (self.count == 0)
-                ok = others & (self.tokens + self.lengths[i] <= self.cap)
+                n_i = self.lengths[i]
+                left = (
+                    self.busy[g]
+                    - self.times[g, i]
+                    + self._fixed(self.tokens[gi] - n_i, self.count[gi] - 1, gi)[0]
+                )
+                into = self.busy + self.times[:, i] + self._fixed(self.tokens + n_i, self.count + 1)
+                ok = others & self._fits(self.tokens, n_i)
                 val = np.where(ok, np.maximum(left, into), np.inf)
                 h = int(np.argmin(val))
                 if val[h] < best_val:
@@ -112,12 +167,28 @@ class Packing:
                 hs = self.where[outside]
                 t_h_out = self.times[hs, outside]
                 t_g_out = self.times[g, outside]
+                n_out = self.lengths[outside]
+                g_all = np.full(len(outside), g)
                 for i in members:
-                    new_g = loads[g] - self.times[g, i] + t_g_out
-                    new_h = loads[hs] - t_h_out + self.times[hs, i]
-                    ok = (
-                        self.tokens[g] - self.lengths[i] + self.lengths[outside] <= self.cap[g]
-                    ) & (self.tokens[hs] - self.lengths[outside] + self.lengths[i] <= self.cap[hs])
+                    n_i = self.lengths[i]
+                    tok_g = self.tokens[g] - n_i + n_out
+                    tok_h = self.tokens[hs] - n_out + n_i
+                    new_g = (
+                        self.busy[g]
+                        - self.times[g, i]
+                        + t_g_out
+                        + self._fixed(tok_g, np.full(len(outside), self.count[g]), g_all)
+                    )
+                    new_h = (
+                        self.busy[hs]
+                        - t_h_out
+                        + self.times[hs, i]
+                        + self._fixed(tok_h, self.count[hs], hs)
+                    )
+                    if self.passes:
+                        ok = (n_out <= self.cap[g]) & (n_i <= self.cap[hs])
+                    else:
+                        ok = (tok_g <= self.cap[g]) & (tok_h <= self.cap[hs])
                     val = np.where(ok, np.maximum(new_g, new_h), np.inf)
                     j = int(np.argmin(val))
                     if val[j] < best_val:
@@ -138,17 +209,24 @@ def homogeneous(
     size: int | GroupCost,
     improve_rounds: int,
     deadline: float | None = None,
+    passes: bool = False,
 ) -> Packing | None:
     """Every group of one kind (a size: its default kind); None when the sequences do not fit
     in memory.
 
     Longest first onto the least-loaded group with room; when memory is too tight for that,
-    first fit by tokens (the memory-first packing the micro-batch split checks with)."""
+    first fit by tokens (the memory-first packing the micro-batch split checks with). With
+    ``passes``, memory bounds each sequence only (a group runs as many passes as it needs)."""
     kind = cost.groups[size] if isinstance(size, int) else size
     sizes = [kind] * cost.topology.max_groups(kind.size)
     if not len(lengths) or int(np.max(lengths)) > kind.max_tokens:
         return None
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    if passes:
+        pack = Packing(lengths, cost, sizes, passes=True)
+        pack.lpt(order)  # every sequence fits a pass: nothing fails
+        pack.improve(improve_rounds, deadline)
+        return pack
     pack = _lpt_identical(Packing(lengths, cost, sizes), order)
     if pack is None:
         pack = _first_fit(Packing(lengths, cost, sizes), order)
@@ -191,6 +269,7 @@ def realize(
     result: MilpResult,
     improve_rounds: int,
     deadline: float | None = None,
+    passes: bool = False,
 ) -> Packing | None:
     """Concrete groups for a MILP solution; None when some sequence fits nowhere."""
     kinds = cost.kinds
@@ -202,14 +281,14 @@ def realize(
         specs += [kinds[j]] * num
     spare = cost.topology.num_gpus - sum(k.size for k in specs)
     specs += [cost.groups[1]] * spare  # spare GPUs: groups of one to fill
-    pack = Packing(lengths, cost, specs)
+    pack = Packing(lengths, cost, specs, passes=passes)
     quota = [list(g.counts) for g in explicit]
     pools: list[list[int]] = [[] for _ in classes]
     homeless = []
     for k in reversed(range(len(buckets.values))):
         for i in sorted(buckets.members[k], key=lambda i: (-lengths[i], i)):
             want = [g for g in range(len(explicit)) if quota[g][k] > 0]
-            room = [g for g in want if pack.tokens[g] + lengths[i] <= pack.cap[g]]
+            room = [g for g in want if pack._fits(pack.tokens[g], lengths[i], g)]
             if room:  # the MILP counted mean lengths: a group may lack room for this one
                 g = min(room, key=lambda g: (pack.loads()[g], g))
                 quota[g][k] -= 1
@@ -239,7 +318,7 @@ def group_plans(pack: Packing, index: Sequence[int]) -> tuple[GroupPlan, ...]:
     sequences to their indices in the step's batch."""
     cost = pack.cost
     world = cost.topology.num_gpus
-    loads = pack.loads()
+    loads = pack.exact_loads()
     busy = [g for g in range(len(pack.sizes)) if pack.count[g] > 0]
     busy.sort(key=lambda g: (-pack.sizes[g], -loads[g], g))
     firsts = place_groups([pack.sizes[g] for g in busy], cost.topology)
@@ -253,6 +332,9 @@ def group_plans(pack: Packing, index: Sequence[int]) -> tuple[GroupPlan, ...]:
         d = pack.sizes[g]
         seqs = tuple(sorted(int(index[i]) for i in np.flatnonzero(pack.where == g)))
         spec = pack.specs[g]
+        bins = pack.pass_bins(g)
+        passes = tuple(tuple(int(index[i]) for i in b) for b in bins) if len(bins) > 1 else ()
+        stream = max(int(pack.lengths[b].sum()) for b in bins)
         covered.update(range(first, first + d))
         out.append(
             GroupPlan(
@@ -262,7 +344,8 @@ def group_plans(pack: Packing, index: Sequence[int]) -> tuple[GroupPlan, ...]:
                 linear_strategy=spec.linear_strategy,
                 tokens=int(pack.tokens[g]),
                 predicted_s=float(loads[g]),
-                memory_bytes=float(spec.memory(int(pack.tokens[g]))),
+                memory_bytes=float(spec.memory(stream)),
+                passes=passes,
             )
         )
     idle = cost.groups[1]

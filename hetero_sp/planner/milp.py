@@ -54,6 +54,10 @@ class MilpInput:
     node: int = 0
     """Ranks per node when groups of a size that does not divide it may share nodes, so which
     counts fit is a packing question (node patterns); 0: any counts whose GPUs add up fit."""
+    passes: bool = False
+    """Groups may run several passes: a group's tokens must fit its passes times its capacity,
+    and each pass pays the fixed time (a relaxation of packing sequences into passes, which
+    the assignment does for real)."""
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,8 @@ class SlotCounts:
     size: int
     counts: tuple[int, ...]
     kind: int
+    passes: int = 1
+    """Passes the group runs (each pays the kind's fixed time)."""
 
 
 @dataclass(frozen=True)
@@ -184,29 +190,39 @@ def solve_milp(
     placed = [[] for _ in range(nk)]  # per bucket: (variable, 1)
     gpus, work = [], []  # terms of GPUs used and of GPU-seconds
     per_size: dict[int, list] = {}  # per group size: terms of its number of groups
-    slots: dict[int, list[tuple[pulp.LpVariable, dict[int, pulp.LpVariable]]]] = {}
-    fluid: dict[int, tuple[list, list, dict, dict]] = {}
+    slots: dict[int, list[tuple[pulp.LpVariable, dict[int, pulp.LpVariable], pulp.LpVariable]]]
+    slots = {}
+    fluid: dict[int, tuple[list, list, dict, dict, list]] = {}
     for j, d in enumerate(sizes):
         cap, fix = inp.max_tokens[j], float(inp.fixed_s[j])
         t = {k: float(inp.times[k, j]) for k in range(nk) if ok[k][j]}
-        most = {k: min(counts[k], cap // tokens[k]) for k in t}
+        if inp.passes:
+            most = {k: counts[k] for k in t}
+        else:
+            most = {k: min(counts[k], cap // tokens[k]) for k in t}
         possible = inp.max_groups[j] if inp.max_groups else n // d
         if possible <= explicit_slots:
             slots[j], prev = [], None
             for s in range(possible):
                 used = pulp.LpVariable(f"u_{j}_{s}", cat="Binary")
                 x = {k: pulp.LpVariable(f"x_{k}_{j}_{s}", 0, most[k], cat="Integer") for k in t}
-                load = [(x[k], t[k]) for k in t] + [(used, fix)]
+                runs = used  # the group's passes: one, or a count of its own
+                if inp.passes:
+                    top = float(sum(counts))
+                    runs = pulp.LpVariable(f"k_{j}_{s}", 0, top, cat="Integer")
+                    _le(prob, [(used, 1.0), (runs, -1.0)])
+                    _le(prob, [(runs, 1.0), (used, -top)])
+                load = [(x[k], t[k]) for k in t] + [(runs, fix)]
                 _le(prob, load + neg_c)
                 for k in t:
                     _le(prob, [(x[k], 1.0), (used, -float(most[k]))])
                     placed[k].append((x[k], 1.0))
-                _le(prob, [(x[k], float(tokens[k])) for k in t] + [(used, -float(cap))])
+                _le(prob, [(x[k], float(tokens[k])) for k in t] + [(runs, -float(cap))])
                 if prev is not None:  # symmetry: used slots first, heaviest first
                     _le(prob, [(used, 1.0), (prev[0], -1.0)])
                     _le(prob, load + [(v, -c) for v, c in prev[1]])
                 prev = (used, load)
-                slots[j].append((used, x))
+                slots[j].append((used, x, runs))
                 work += [(v, d * c) for v, c in load]
                 gpus.append((used, float(d)))
                 per_size.setdefault(d, []).append((used, 1.0))
@@ -221,9 +237,14 @@ def solve_milp(
         for b in range(bits):
             _le(prob, [(w[b], 1.0)] + neg_c)
             _le(prob, [(w[b], 1.0), (z[b], -ub)])
-        load = [(y[k], t[k]) for k in t] + [(v, c * fix) for v, c in count]
+        runs = count  # the class's passes: one per group, or a count of their own
+        if inp.passes:
+            total = pulp.LpVariable(f"p_{j}", 0, float(sum(counts)), cat="Integer")
+            _le(prob, count + [(total, -1.0)])
+            runs = [(total, 1.0)]
+        load = [(y[k], t[k]) for k in t] + [(v, c * fix) for v, c in runs]
         _le(prob, load + [(w[b], -float(1 << b)) for b in range(bits)])
-        _le(prob, [(y[k], float(tokens[k])) for k in t] + [(v, -c * cap) for v, c in count])
+        _le(prob, [(y[k], float(tokens[k])) for k in t] + [(v, -c * cap) for v, c in runs])
         for k in t:
             _le(prob, [(y[k], 1.0), (on[k], -float(counts[k]))])
             _le(prob, [(on[k], t[k] + fix)] + neg_c)
@@ -231,11 +252,11 @@ def solve_milp(
         for m in (1, 2, 3):
             for big in (
                 [k for k in t if (m + 1) * t[k] + fix > ub],
-                [k for k in t if (m + 1) * tokens[k] > cap],
+                [] if inp.passes else [k for k in t if (m + 1) * tokens[k] > cap],
             ):
                 if big:
                     _le(prob, [(y[k], 1.0) for k in big] + [(v, -m * c) for v, c in count])
-        fluid[j] = (z, w, y, on)
+        fluid[j] = (z, w, y, on, runs)
         work += [(v, d * c) for v, c in load]
         gpus += [(v, d * c) for v, c in count]
         per_size.setdefault(d, []).extend(count)
@@ -267,14 +288,14 @@ def solve_milp(
         status = "time_limit" if "time limit" in text.lower() else text.lower().replace(" ", "_")
     groups = []
     for j, slot_list in slots.items():
-        for used, x in slot_list:
+        for used, x, runs in slot_list:
             if round(used.varValue or 0) == 1:
                 c = [0] * nk
                 for k, var in x.items():
                     c[k] = round(var.varValue or 0)
-                groups.append(SlotCounts(sizes[j], tuple(c), j))
+                groups.append(SlotCounts(sizes[j], tuple(c), j, round(runs.varValue or 1)))
     fluid_out = []
-    for j, (z, _, y, _) in fluid.items():
+    for j, (z, _, y, _, _) in fluid.items():
         num = sum((1 << b) * round(v.varValue or 0) for b, v in enumerate(z))
         c = [0] * nk
         for k, var in y.items():
@@ -315,19 +336,23 @@ def _set_warm_start(warm, sizes, slots, fluid, makespan, inp, prob) -> None:
     by_size: dict[int, list[SlotCounts]] = {}
     for g in warm:
         j = g.kind
-        load = inp.fixed_s[j] + sum(inp.times[k, j] * c for k, c in enumerate(g.counts))
+        load = inp.fixed_s[j] * g.passes + sum(inp.times[k, j] * c for k, c in enumerate(g.counts))
         loads.append(load)
         by_size.setdefault(j, []).append((load, g))
     makespan.setInitialValue(min(max(loads), makespan.upBound))
     for j, entries in by_size.items():
         entries.sort(key=lambda e: -e[0])  # the model orders a size's slots by load
         if j in slots:
-            for (used, x), (_, g) in zip(slots[j], entries):
+            for (used, x, runs), (_, g) in zip(slots[j], entries):
                 used.setInitialValue(1)
+                if runs is not used:
+                    runs.setInitialValue(g.passes)
                 for k, var in x.items():
                     var.setInitialValue(g.counts[k])
         else:
-            z, w, y, on = fluid[j]
+            z, w, y, on, runs = fluid[j]
+            if inp.passes:
+                runs[0][0].setInitialValue(sum(g.passes for _, g in entries))
             num = len(entries)
             for b, (zb, wb) in enumerate(zip(z, w)):
                 zb.setInitialValue((num >> b) & 1)

@@ -3,11 +3,13 @@
 A step runs one or more micro-batches one after another (gradient accumulation). In each, the
 world's ranks are split into groups of consecutive ranks, of the shapes the cluster allows
 (:class:`~hetero_sp.planner.cluster.Topology`: any size inside a node or whole nodes, or aligned
-powers of two). Every rank is in exactly one group of every micro-batch. A group runs the batch sequences it lists, packed in
-that order into one stream, with the named softmax and linear-attention strategies; a group
-with no sequences is idle (the planner only emits idle groups of one rank): the engine runs
-such a rank on one padding token whose label is ignored, a forward and backward that keeps
-ZeRO's collectives in step and contributes zero gradients.
+powers of two). Every rank is in exactly one group of every micro-batch. A group runs the batch
+sequences it lists with the named softmax and linear-attention strategies, packed in that order
+into one stream, or as several passes (each its own stream, one after another, gradients
+accumulated), so memory bounds a pass rather than the group's whole share. A group with no
+sequences is idle (the planner only emits idle groups of one rank): the engine runs such a
+rank on one padding token whose label is ignored, a forward and backward that keeps ZeRO's
+collectives in step and contributes zero gradients.
 """
 
 from __future__ import annotations
@@ -39,11 +41,22 @@ class GroupPlan:
     """Tokens of the group's stream (before padding)."""
     predicted_s: float
     memory_bytes: float
-    """Predicted peak memory per GPU."""
+    """Predicted peak memory per GPU (of its largest pass)."""
+    passes: tuple[tuple[int, ...], ...] = ()
+    """The group's sequences as several passes run one after another, each a packed stream
+    that fits memory, gradients accumulated (in stream order within a pass); empty: one pass of
+    ``sequences``."""
 
     @property
     def size(self) -> int:
         return len(self.ranks)
+
+    @property
+    def pass_list(self) -> tuple[tuple[int, ...], ...]:
+        """The sequences of each pass; an idle group has none."""
+        if self.passes:
+            return self.passes
+        return (self.sequences,) if self.sequences else ()
 
 
 def relative_gap(objective: float, bound: float) -> float:
@@ -117,7 +130,12 @@ class Plan:
                 MicroBatchPlan(
                     groups=tuple(
                         GroupPlan(
-                            **{**g, "ranks": tuple(g["ranks"]), "sequences": tuple(g["sequences"])}
+                            **{
+                                **g,
+                                "ranks": tuple(g["ranks"]),
+                                "sequences": tuple(g["sequences"]),
+                                "passes": tuple(tuple(p) for p in g.get("passes", ())),
+                            }
                         )
                         for g in mb["groups"]
                     ),
@@ -193,6 +211,15 @@ def validate_plan(plan: Plan, cost: CostModel | None = None) -> None:
             tokens = sum(plan.lengths[i] for i in group.sequences)
             if tokens != group.tokens:
                 raise PlanError(f"{where}: says {group.tokens} tokens, its sequences have {tokens}")
+            if group.passes and (
+                sorted(i for p in group.passes for i in p) != sorted(group.sequences)
+                or not all(group.passes)
+            ):
+                raise PlanError(
+                    f"{where}: its passes {[list(p) for p in group.passes]} must split its "
+                    f"sequences {list(group.sequences)} into non-empty passes, each sequence once"
+                )
+            stream = max((sum(plan.lengths[i] for i in p) for p in group.pass_list), default=0)
             memory = group.memory_bytes
             if cost is not None and group.sequences:
                 if group.size not in cost.groups:
@@ -205,7 +232,7 @@ def validate_plan(plan: Plan, cost: CostModel | None = None) -> None:
                         f"{cost.model.num_heads} per rank, the group has {group.size}"
                     )
                 kind = cost.group_cost(group.size, group.softmax_strategy, group.linear_strategy)
-                memory = kind.memory(tokens)
+                memory = kind.memory(stream)
             limit = plan.memory_limit_bytes if cost is None else cost.memory_limit_bytes
             if group.sequences and memory > limit * (1 + 1e-9):
                 raise PlanError(

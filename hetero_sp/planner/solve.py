@@ -29,7 +29,7 @@ from hetero_sp.planner.errors import PlanError
 from hetero_sp.planner.plan import Plan, validate_plan
 from hetero_sp.planner.solve_microbatch import StepBudget, plan_micro_batch
 
-__all__ = ["Planner", "plan_batch", "split_micro_batches"]
+__all__ = ["Planner", "passes_allowed", "plan_batch", "split_micro_batches"]
 
 
 def _fits(lengths: np.ndarray, cost: CostModel, sizes: Sequence[int]) -> bool:
@@ -280,15 +280,17 @@ def _plan_split(
     options: PlannerConfig,
     budget: StepBudget,
     within_budget: bool = False,
+    reserve: int = 0,
 ) -> Plan | None:
     """Plan each micro-batch of ``parts``; with ``within_budget``, give up (None) once the
     step's deadline passes before the last one, so a candidate costs at most one micro-batch
-    of planning past the deadline."""
+    of planning past the deadline. ``reserve``: shares of time to leave for later work, each
+    the size of one micro-batch's."""
     mbs = []
     for m, idx in enumerate(parts):
         if within_budget and m and not budget.time_left():
             return None
-        budget.start_micro_batch(len(parts) - m)
+        budget.start_micro_batch(len(parts) - m + reserve)
         mbs.append(plan_micro_batch(arr[list(idx)], list(idx), cost, options, budget))
     return Plan(
         world_size=cost.topology.num_gpus,
@@ -298,19 +300,36 @@ def _plan_split(
     )
 
 
+def passes_allowed(cost: CostModel, options: PlannerConfig) -> bool:
+    """Whether groups may run several passes: ``planner.passes`` on, ZeRO stage 0 or 1 (whose
+    backward does not communicate, so groups need not run the same number of passes), and
+    more than one GPU."""
+    return options.passes and cost.zero_stage <= 1 and cost.topology.num_gpus > 1
+
+
 def plan_batch(
     lengths: Sequence[int], cost: CostModel, options: PlannerConfig | None = None
 ) -> Plan:
-    """Plan one step: every sequence of ``lengths`` once. The token-balanced split into the
-    fewest micro-batches first, then, while the step's time lasts, the other candidate splits
-    whose lower bound can beat it; the fastest plan is returned."""
+    """Plan one step: every sequence of ``lengths`` once. Where passes are allowed
+    (:func:`passes_allowed`), the whole step as one micro-batch of groups running passes; the
+    token-balanced split into the fewest micro-batches; then, while the step's time lasts, the
+    other candidate splits whose lower bound can beat the best so far; the fastest plan is
+    returned."""
     options = options or PlannerConfig()
     budget = StepBudget(options)
     cost.check_lengths(lengths)
     lengths = [int(s) for s in lengths]
     arr = np.asarray(lengths, dtype=np.int64)
     base = split_micro_batches(lengths, cost)
-    plan = _plan_split(base, arr, cost, options, budget)
+    with_passes = passes_allowed(cost, options)
+    plan = _plan_split(base, arr, cost, options, budget, reserve=int(with_passes))
+    if with_passes:
+        # the whole step as one micro-batch whose groups run passes (no barrier between
+        # passes; memory bounds a pass), in the share of one more micro-batch
+        budget.start_micro_batch(1)
+        mb = plan_micro_batch(arr, list(range(len(arr))), cost, options, budget, passes=True)
+        if mb.makespan_s < plan.predicted_step_s:
+            plan = dataclasses.replace(plan, micro_batches=(mb,))
     tried = kept = 0
     if options.split_search and cost.topology.num_gpus > 1 and not budget.out_of_time():
         for bound, parts in candidate_splits(lengths, cost, base):

@@ -74,11 +74,12 @@ def _late_micro_batch(
     options: PlannerConfig,
     lb: float,
     start: float,
+    passes: bool = False,
 ) -> MicroBatchPlan:
     """A micro-batch planned after the step's deadline, when no MILP round may start: the best
     single-kind layout of its true lengths, without the bucketing only the MILP needs."""
     packs = [
-        assign.homogeneous(lengths, cost, kind, improve_rounds=0)
+        assign.homogeneous(lengths, cost, kind, improve_rounds=0, passes=passes)
         for kind in cost.kinds
         if int(lengths.max()) <= kind.max_tokens
     ]
@@ -88,9 +89,10 @@ def _late_micro_batch(
             "no plan fits this micro-batch in memory; a planner bug, since the micro-batch "
             "split accepted it"
         )
+    groups = assign.group_plans(best, index)
     return MicroBatchPlan(
-        groups=assign.group_plans(best, index),
-        makespan_s=best.makespan,
+        groups=groups,
+        makespan_s=max(g.predicted_s for g in groups),
         lower_bound_s=lb,
         solver=SolverStats(
             solver="homogeneous",
@@ -106,11 +108,14 @@ def _late_micro_batch(
     )
 
 
-def _milp_input(cost: CostModel, buckets: Buckets, means: tuple[int, ...]) -> MilpInput:
+def _milp_input(
+    cost: CostModel, buckets: Buckets, means: tuple[int, ...], passes: bool = False
+) -> MilpInput:
     """The MILP over ``cost.kinds``: every group kind (size and strategy pair) a decision."""
     kinds, topology = cost.kinds, cost.topology
     packing = topology.needs_node_packing(cost.sizes)
     return MilpInput(
+        passes=passes,
         max_groups=tuple(topology.max_groups(k.size) for k in kinds),
         node=topology.node if packing else 0,
         num_gpus=cost.topology.num_gpus,
@@ -125,13 +130,14 @@ def _milp_input(cost: CostModel, buckets: Buckets, means: tuple[int, ...]) -> Mi
 
 
 def _as_slots(pack: assign.Packing, bucket_of: np.ndarray, num_buckets: int) -> tuple:
-    """The packing's busy groups as bucket counts."""
+    """The packing's busy groups as bucket counts (and passes)."""
     kinds = pack.cost.kinds
     return tuple(
         SlotCounts(
             pack.sizes[g],
             tuple(int(np.sum(bucket_of[pack.where == g] == k)) for k in range(num_buckets)),
             kinds.index(pack.specs[g]),
+            len(pack.pass_bins(g)),
         )
         for g in range(len(pack.sizes))
         if pack.count[g] > 0
@@ -141,7 +147,8 @@ def _as_slots(pack: assign.Packing, bucket_of: np.ndarray, num_buckets: int) -> 
 def _milp_makespan(slots: tuple, inp: MilpInput) -> float:
     """A plan's makespan as the MILP prices it (bucket mean lengths)."""
     return max(
-        inp.fixed_s[s.kind] + float(inp.times[:, s.kind] @ np.asarray(s.counts)) for s in slots
+        inp.fixed_s[s.kind] * s.passes + float(inp.times[:, s.kind] @ np.asarray(s.counts))
+        for s in slots
     )
 
 
@@ -151,15 +158,17 @@ def plan_micro_batch(
     cost: CostModel,
     options: PlannerConfig,
     budget: StepBudget | None = None,
+    passes: bool = False,
 ) -> MicroBatchPlan:
     """Plan one micro-batch (``lengths`` are its sequences, ``index`` their batch indices)
-    within ``budget`` (default: a step of this micro-batch alone)."""
+    within ``budget`` (default: a step of this micro-batch alone); with ``passes``, a group may
+    run several passes."""
     start = time.perf_counter()
     if budget is None:
         budget = StepBudget(options)
     lb = cost.lower_bound(lengths)
     if budget.out_of_time() and cost.topology.num_gpus > 1:
-        return _late_micro_batch(lengths, index, cost, options, lb, start)
+        return _late_micro_batch(lengths, index, cost, options, lb, start, passes)
     buckets = bucket_lengths(
         lengths, options.bucket_cap, options.max_bucket_error, options.num_buckets
     )
@@ -169,20 +178,20 @@ def plan_micro_batch(
     for k, members in enumerate(buckets.members):
         bucket_of[list(members)] = k
         rounded[list(members)] = means[k]
-    inp = _milp_input(cost, buckets, means)
+    inp = _milp_input(cost, buckets, means, passes)
 
     best, warm = None, None  # best: true lengths; warm: its layout over bucket means
     for kind in cost.kinds:
         if int(lengths.max()) > kind.max_tokens:
             continue
-        pack = assign.homogeneous(rounded, cost, kind, improve_rounds=0)
+        pack = assign.homogeneous(rounded, cost, kind, improve_rounds=0, passes=passes)
         if pack is not None and (warm is None or pack.makespan < warm.makespan):
             warm = pack
     if warm is not None:
         # The fall-back is the best single-kind layout of the true lengths, which need not be
         # the kind that is best over bucket means (the MILP's warm start).
         packs = [
-            assign.homogeneous(lengths, cost, kind, improve_rounds=0)
+            assign.homogeneous(lengths, cost, kind, improve_rounds=0, passes=passes)
             for kind in cost.kinds
             if int(lengths.max()) <= kind.max_tokens
         ]
@@ -190,7 +199,9 @@ def plan_micro_batch(
         top = min(p.makespan for p in packs)
         # Local search reorders close candidates, so improve every kind within 2% of the best.
         for kind in [p.specs[0] for p in packs if p.makespan <= top * 1.02]:
-            pack = assign.homogeneous(lengths, cost, kind, options.improve_rounds, budget.deadline)
+            pack = assign.homogeneous(
+                lengths, cost, kind, options.improve_rounds, budget.deadline, passes
+            )
             if pack is not None and (best is None or pack.makespan < best.makespan):
                 best = pack
     stats = dict(solver="homogeneous", status="no MILP", objective_s=None, bound_s=None, gap=None)
@@ -231,7 +242,7 @@ def plan_micro_batch(
                 gap=None if bound is None else relative_gap(result.objective, bound),
             )
             pack = assign.realize(
-                lengths, cost, buckets, result, options.improve_rounds, budget.deadline
+                lengths, cost, buckets, result, options.improve_rounds, budget.deadline, passes
             )
             if pack is not None and (best is None or pack.makespan < best.makespan):
                 best = pack
@@ -242,7 +253,7 @@ def plan_micro_batch(
                 break  # the assignment delivered what the model promised
     if best is None:  # the bucket means left no room: any true-length layout
         packs = [
-            assign.homogeneous(lengths, cost, d, options.improve_rounds, budget.deadline)
+            assign.homogeneous(lengths, cost, d, options.improve_rounds, budget.deadline, passes)
             for d in cost.sizes
         ]
         best = min((p for p in packs if p is not None), key=lambda p: p.makespan, default=None)
@@ -252,9 +263,10 @@ def plan_micro_batch(
             "no plan fits this micro-batch in memory; a planner bug, since the micro-batch "
             "split accepted it"
         )
+    groups = assign.group_plans(best, index)
     return MicroBatchPlan(
-        groups=assign.group_plans(best, index),
-        makespan_s=best.makespan,
+        groups=groups,
+        makespan_s=max(g.predicted_s for g in groups),
         lower_bound_s=lb,
         solver=SolverStats(
             **stats,
@@ -267,5 +279,8 @@ def plan_micro_batch(
 
 
 def _safe_upper(inp: MilpInput) -> float:
-    """A makespan no feasible solution exceeds: every sequence at its slowest, one group."""
-    return float(np.sum(np.max(inp.times, axis=1) * np.asarray(inp.counts))) + max(inp.fixed_s)
+    """A makespan no feasible solution exceeds: every sequence at its slowest, one group (with
+    passes, every sequence its own pass)."""
+    passes = int(np.sum(inp.counts)) if inp.passes else 1
+    slowest = float(np.sum(np.max(inp.times, axis=1) * np.asarray(inp.counts)))
+    return slowest + max(inp.fixed_s) * passes

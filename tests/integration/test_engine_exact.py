@@ -44,8 +44,9 @@ def _plan(groups_per_mb, softmax, linear, world=4) -> Plan:
                 tokens=sum(LENGTHS[i] for i in seqs),
                 predicted_s=0.0,
                 memory_bytes=0.0,
+                passes=tuple(tuple(p) for p in passes[0]) if passes else (),
             )
-            for ranks, seqs in groups
+            for ranks, seqs, *passes in groups
         )
         mbs.append(MicroBatchPlan(groups=plans, makespan_s=0.0, lower_bound_s=0.0, solver=stats))
     plan = Plan(
@@ -65,6 +66,12 @@ MIXED_3_1 = [
     [([0], [4, 6]), ([1, 2, 3], [7])],  # then one and three, the three on ranks 1-3
 ]
 DATA_PARALLEL = [[([0], [5]), ([1], [0, 1]), ([2], [2, 3, 4]), ([3], [6, 7])]]
+# Groups running 3, 2 and 1 passes in one micro-batch (documents crossing ranks in the pair),
+# then a micro-batch of one group of four.
+PASSES = [
+    [([0, 1], [0, 1, 2], [[0], [2], [1]]), ([2], [3, 4, 6], [[3, 4], [6]]), ([3], [7])],
+    [([0, 1, 2, 3], [5])],
+]
 
 
 def _one_step(rank, world_size, layers, stage, groups_per_mb, softmax, linear, checkpoint=False):
@@ -92,7 +99,8 @@ def _one_step(rank, world_size, layers, stage, groups_per_mb, softmax, linear, c
             rank, layout, group.softmax_strategy, group.linear_strategy
         )
 
-    out = run_step(engine, batch, plan, rank, world_size, context_for, layers, torch.device("cpu"))
+    cpu = torch.device("cpu")
+    out = run_step(engine, batch, plan, rank, world_size, context_for, layers, cpu, stage >= 2)
     engine.step()
     after, _ = ckpt_io.gather_state(engine)
     total = torch.tensor([out.loss_sum, float(out.labels)], dtype=torch.float64)
@@ -141,6 +149,17 @@ def test_groups_of_three_and_one_match_data_parallelism(softmax, linear):
         for name in a["update"]:
             # both are within 1e-5 of the reference; to each other, twice that
             assert_rel_close(a["update"][name], b["update"][name], 2e-5, name)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", [1, 2])
+@pytest.mark.parametrize("softmax, linear", STRATEGY_MIXES)
+def test_groups_running_several_passes_keep_gradients_exact(stage, softmax, linear):
+    """Passes accumulate inside the group: ZeRO 1 runs each group's own passes (ranks make
+    different numbers of backward calls), ZeRO 2 pads every rank to the most passes."""
+    layers = "LLSS"
+    results = run_ranks(_one_step, 4, layers, stage, PASSES, softmax, linear, timeout=300)
+    _check_against_reference(results, layers)
 
 
 ONE_LONG = [

@@ -33,7 +33,8 @@ def test_milp_rounds_end_by_the_step_deadline(monkeypatch):
 
     monkeypatch.setattr(solve_microbatch, "solve_milp", recording)
     cost, lengths = _many_micro_batches()
-    options = PlannerConfig(time_limit_s=LIMIT, min_time_limit_s=FLOOR, rel_gap=0.0)
+    # passes off: many micro-batches are the point here
+    options = PlannerConfig(time_limit_s=LIMIT, min_time_limit_s=FLOOR, rel_gap=0.0, passes=False)
     start = time.perf_counter()
     plan = plan_batch(lengths, cost, options)
     validate_plan(plan, cost)

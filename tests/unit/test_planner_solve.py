@@ -13,6 +13,8 @@ from hypothesis import strategies as st
 
 from hetero_sp.planner import PlannerConfig, plan_batch, validate_plan
 from hetero_sp.planner.cost import CostModel
+from hetero_sp.planner.errors import PlanError
+from hetero_sp.planner.plan import Plan
 from hetero_sp.planner.simulate import homogeneous_plan
 from hetero_sp.planner.solve import split_micro_batches
 from tests.planner_common import brute_force, synthetic_cost, synthetic_profile
@@ -105,16 +107,60 @@ def test_heterogeneous_groups_beat_every_homogeneous_layout():
         assert homogeneous is None or plan.predicted_step_s < homogeneous.predicted_step_s
 
 
-def test_too_much_memory_for_one_micro_batch_splits_into_the_fewest():
-    cost = synthetic_cost(2, tokens_per_gpu=1000)
+@pytest.mark.parametrize("why", ["passes off", "zero stage 2"])
+def test_too_much_memory_for_one_micro_batch_splits_into_the_fewest(why):
+    stage = 2 if why == "zero stage 2" else 1
+    cost = synthetic_cost(2, tokens_per_gpu=1000, zero_stage=stage)
     lengths = [900, 800, 600, 500, 400, 300]
-    plan = plan_batch(lengths, cost, FAST)
+    plan = plan_batch(lengths, cost, dataclasses.replace(FAST, passes=why != "passes off"))
     assert len(plan.micro_batches) == 2  # 3500 tokens; 2 GPUs hold 2000 at a time
     assert sorted(i for mb in plan.micro_batches for g in mb.groups for i in g.sequences) == list(
         range(len(lengths))
     )
     first = {i for g in plan.micro_batches[0].groups for i in g.sequences}
     assert first == {0, 1}  # longest first, consecutive in length order
+
+
+def test_passes_hold_more_than_memory_in_one_micro_batch():
+    # the same batch with passes: one micro-batch, every pass within a GPU's memory, the
+    # group's time paying its fixed cost once per pass, and faster than two micro-batches
+    cost = synthetic_cost(2, tokens_per_gpu=1000)
+    lengths = [900, 800, 600, 500, 400, 300]
+    split = plan_batch(lengths, cost, dataclasses.replace(FAST, passes=False))
+    plan = plan_batch(lengths, cost, FAST)
+    validate_plan(plan, cost)
+    (mb,) = plan.micro_batches
+    assert plan.predicted_step_s < split.predicted_step_s
+    assert any(len(g.pass_list) > 1 for g in mb.groups)
+    for g in mb.groups:
+        kind = cost.group_cost(g.size, g.softmax_strategy, g.linear_strategy)
+        streams = [[lengths[i] for i in p] for p in g.pass_list]
+        assert all(sum(s) <= kind.max_tokens for s in streams)
+        want = len(streams) * kind.fixed_s + sum(kind.seq_time(x) for s in streams for x in s)
+        assert g.predicted_s == pytest.approx(want, rel=1e-12)
+        assert g.memory_bytes == pytest.approx(kind.memory(max(map(sum, streams))), rel=1e-12)
+    assert mb.makespan_s == max(g.predicted_s for g in mb.groups)
+
+
+def test_plans_with_passes_round_trip_and_bad_passes_are_refused():
+    cost = synthetic_cost(2, tokens_per_gpu=1000)
+    lengths = [900, 800, 600, 500, 400, 300]
+    plan = plan_batch(lengths, cost, FAST)
+    assert Plan.from_json(plan.to_json()) == plan
+    (mb,) = plan.micro_batches
+    k, g = next((k, g) for k, g in enumerate(mb.groups) if len(g.pass_list) > 1)
+    groups = list(mb.groups)
+    for passes, match in (
+        ((g.passes[0], g.passes[0]), "must split its sequences"),
+        ((*g.passes, ()), "must split its sequences"),
+        ((tuple(i for p in g.passes for i in p),), "over the limit"),  # one pass: too big
+    ):
+        groups[k] = dataclasses.replace(g, passes=passes)
+        bad = dataclasses.replace(
+            plan, micro_batches=(dataclasses.replace(mb, groups=tuple(groups)),)
+        )
+        with pytest.raises(PlanError, match=match):
+            validate_plan(bad, cost)
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -127,9 +173,10 @@ def test_too_much_memory_for_one_micro_batch_splits_into_the_fewest():
     softmax=st.sampled_from([("ulysses",), ("allgather_kv",), ("ulysses", "allgather_kv")]),
     shapes=st.sampled_from(["any", "power_of_two"]),
     node=st.sampled_from([2, 3, 4]),
+    passes=st.booleans(),
 )
 def test_random_batches_always_get_valid_plans(
-    world, tokens_per_gpu, lengths, zero_stage, explicit, softmax, shapes, node
+    world, tokens_per_gpu, lengths, zero_stage, explicit, softmax, shapes, node, passes
 ):
     if shapes == "power_of_two":
         node = 4
@@ -143,7 +190,7 @@ def test_random_batches_always_get_valid_plans(
         group_shapes=shapes,
         gpus_per_node=node,
     )
-    options = dataclasses.replace(FAST, explicit_slots=explicit)
+    options = dataclasses.replace(FAST, explicit_slots=explicit, passes=passes)
     biggest = cost.groups[cost.sizes[-1]].max_tokens
     if max(lengths) > biggest:
         with pytest.raises(ValueError, match=r"sequence \d+ \(\d+ tokens\) needs"):
