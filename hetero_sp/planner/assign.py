@@ -362,3 +362,74 @@ def group_plans(pack: Packing, index: Sequence[int]) -> tuple[GroupPlan, ...]:
             )
         )
     return tuple(sorted(out, key=lambda g: g.ranks[0]))
+
+
+def proportional(
+    lengths: np.ndarray,
+    cost: CostModel,
+    improve_rounds: int,
+    deadline: float | None = None,
+    passes: bool = False,
+) -> Packing | None:
+    """A mixed layout without the MILP: every sequence on its cheapest group size (fewest
+    GPU-seconds among the kinds that hold it, as in the lower bound), GPUs shared among the
+    sizes in proportion to their work (one group at least each; the least-worked sizes give
+    way while they do not fit together), sequences longest first onto the group they finish
+    earliest on, then the local search. Sizes that divide the
+    node or are whole nodes only, so the groups always fit the nodes. None when some sequence
+    fits nowhere."""
+    topology = cost.topology
+    kinds = [
+        k
+        for k in cost.kinds
+        if k.size == 1 or topology.node % k.size == 0 or k.size > topology.node
+    ]
+    s = np.asarray(lengths, dtype=float)
+    work = np.full((len(kinds), len(s)), np.inf)
+    for j, k in enumerate(kinds):
+        fits = s <= k.max_tokens
+        work[j, fits] = k.size * (k.per_token2_s * s[fits] ** 2 + k.per_token_s * s[fits])
+    sizes = sorted({k.size for k in kinds})
+    world = topology.num_gpus
+    while True:
+        allowed = np.array([k.size in sizes for k in kinds])
+        masked = np.where(allowed[:, None], work, np.inf)
+        if not np.isfinite(masked.min(axis=0)).all():
+            return None
+        choice = np.argmin(masked, axis=0)
+        share = {d: 0.0 for d in sizes}
+        votes: dict[int, dict[int, float]] = {}
+        for j in set(choice.tolist()):
+            d = kinds[j].size
+            w = float(work[j, choice == j].sum())
+            share[d] += w
+            votes.setdefault(d, {})[j] = w
+        used = [d for d in sizes if share[d] > 0]
+        total = sum(share.values())
+        # a size whose work is under one group's worth of GPUs gives way (not the largest,
+        # which the longest sequences may need), as do any while the groups do not fit
+        small = [d for d in used[:-1] if share[d] / total * world < d]
+        if sum(used) <= world and not small:
+            break
+        sizes.remove(min(small or used, key=lambda d: (share[d] / d, -d)))
+    kind_of = {d: kinds[max(votes[d], key=votes[d].get)] for d in used}
+    total = sum(share[d] for d in used)
+    count = {d: max(1, int(share[d] / total * world / d)) for d in used}
+    while sum(d * c for d, c in count.items()) > world:  # rounding: shrink the most generous
+        d = max((d for d in used if count[d] > 1), key=lambda d: count[d] * d / share[d])
+        count[d] -= 1
+    while True:
+        room = world - sum(d * c for d, c in count.items())
+        grow = [d for d in used if d <= room and count[d] < topology.max_groups(d)]
+        if not grow:
+            break
+        d = max(grow, key=lambda d: (share[d] / (count[d] * d), -d))
+        count[d] += 1
+    specs = [kind_of[d] for d in used for _ in range(count[d])]
+    if place_groups([k.size for k in specs], topology) is None:
+        return None
+    pack = Packing(lengths, cost, specs, passes=passes)
+    if pack.lpt(range(len(s))):  # longest first, each onto the group it finishes earliest on
+        return None
+    pack.improve(improve_rounds, deadline)
+    return pack

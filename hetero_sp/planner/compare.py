@@ -139,7 +139,10 @@ class Comparison:
             if flex is None:
                 self.flexsp_missing = "no Ulysses group of 2 or more GPUs exists on this cluster"
             else:
-                opts = dataclasses.replace(self.options, time_limit_s=flexsp_time_limit_s)
+                # FlexSP's formulation: one stream per group, no passes
+                opts = dataclasses.replace(
+                    self.options, time_limit_s=flexsp_time_limit_s, passes=False
+                )
                 self.flexsp = Planner(flex, opts)
         self.megatron, self.megatron_missing = None, LEFT_OUT
         if megatron:

@@ -322,14 +322,19 @@ def plan_batch(
     arr = np.asarray(lengths, dtype=np.int64)
     base = split_micro_batches(lengths, cost)
     with_passes = passes_allowed(cost, options)
-    plan = _plan_split(base, arr, cost, options, budget, reserve=int(with_passes))
-    if with_passes:
-        # the whole step as one micro-batch whose groups run passes (no barrier between
-        # passes; memory bounds a pass), in the share of one more micro-batch
+    one = None
+    if with_passes and len(base) > 1:
+        # Memory splits the step: the whole step as one micro-batch whose groups run passes
+        # (no barrier between passes; memory bounds a pass) first, in half the budget.
+        budget.start_micro_batch(2)
+        one = plan_micro_batch(arr, list(range(len(arr))), cost, options, budget, passes=True)
+    plan = _plan_split(base, arr, cost, options, budget, reserve=int(with_passes and not one))
+    if with_passes and one is None:
+        # Everything fits at once: passes can still let a group hold more, in what is left.
         budget.start_micro_batch(1)
-        mb = plan_micro_batch(arr, list(range(len(arr))), cost, options, budget, passes=True)
-        if mb.makespan_s < plan.predicted_step_s:
-            plan = dataclasses.replace(plan, micro_batches=(mb,))
+        one = plan_micro_batch(arr, list(range(len(arr))), cost, options, budget, passes=True)
+    if one is not None and one.makespan_s < plan.predicted_step_s:
+        plan = dataclasses.replace(plan, micro_batches=(one,))
     tried = kept = 0
     if options.split_search and cost.topology.num_gpus > 1 and not budget.out_of_time():
         for bound, parts in candidate_splits(lengths, cost, base):

@@ -204,6 +204,15 @@ def plan_micro_batch(
             )
             if pack is not None and (best is None or pack.makespan < best.makespan):
                 best = pack
+    if cost.topology.num_gpus > 1:
+        # A mixed layout sized by each sequence's cheapest kind: a fall-back and warm start
+        # the MILP may not beat in its time where one kind fits the batch badly.
+        mixed = assign.proportional(rounded, cost, 0, budget.deadline, passes)
+        if mixed is not None and (warm is None or mixed.makespan < warm.makespan):
+            warm = mixed
+        mixed = assign.proportional(lengths, cost, options.improve_rounds, budget.deadline, passes)
+        if mixed is not None and (best is None or mixed.makespan < best.makespan):
+            best = mixed
     stats = dict(solver="homogeneous", status="no MILP", objective_s=None, bound_s=None, gap=None)
     notes = []
     if cost.topology.num_gpus == 1:

@@ -151,7 +151,8 @@ def test_highs_gets_the_homogeneous_plan_as_a_complete_feasible_start(monkeypatc
     plan = plan_batch(LENGTHS, cost, options)
     arr = np.asarray(LENGTHS)
     homogeneous = [assign.homogeneous(arr, cost, d, improve_rounds=0) for d in cost.sizes]
-    warm = min(p.makespan for p in homogeneous if p is not None)
+    mixed = assign.proportional(arr, cost, improve_rounds=0)
+    warm = min(p.makespan for p in [*homogeneous, mixed] if p is not None)
     assert plan.micro_batches[0].solver.solver == "highs"
     assert starts, "HiGHS was never given a start"
     for num, x, violation, _, status in starts:
@@ -159,5 +160,6 @@ def test_highs_gets_the_homogeneous_plan_as_a_complete_feasible_start(monkeypatc
         assert status == highspy.HighsStatus.kOk
         # Row activities sum float loads in another order than the model's coefficients.
         assert violation <= 1e-9
-    # The first round starts from the best homogeneous layout (buckets are exact here).
+    # The first round starts from the best homogeneous or proportional mixed layout (buckets
+    # are exact here).
     assert starts[0][3] == pytest.approx([warm], rel=1e-9)
