@@ -328,7 +328,19 @@ def plan_batch(
         # (no barrier between passes; memory bounds a pass) first, in half the budget.
         budget.start_micro_batch(2)
         one = plan_micro_batch(arr, list(range(len(arr))), cost, options, budget, passes=True)
-    plan = _plan_split(base, arr, cost, options, budget, reserve=int(with_passes and not one))
+    work, single = cost.sequence_bounds(arr)
+    if one is not None and one.makespan_s <= _split_bound(
+        base, work, single, cost.topology.num_gpus
+    ):
+        # no plan of the split can beat the plan with passes: it is not planned
+        plan = Plan(
+            world_size=cost.topology.num_gpus,
+            lengths=tuple(lengths),
+            micro_batches=(one,),
+            memory_limit_bytes=cost.memory_limit_bytes,
+        )
+    else:
+        plan = _plan_split(base, arr, cost, options, budget, reserve=int(with_passes and not one))
     if with_passes and one is None:
         # Everything fits at once: passes can still let a group hold more, in what is left.
         budget.start_micro_batch(1)

@@ -75,7 +75,7 @@ def test_single_node_launcher_trains_two_cpu_ranks(dataset, tmp_path):
     [line] = topology_lines(out)  # once, by rank 0
     assert "[rank0]" in line
     assert "2 ranks = 1 node x 2 processes; backend gloo on CPU" in line or _gpu()
-    assert "size 2: 1 group (0-1)" in line
+    assert "group shapes any: sizes 1 2 inside a node" in line
     assert trained_steps(tmp_path / "run") == [1, 2]
     # Per-rank logs: torchrun's <log dir>/<run id>/attempt_0/<local rank>/{stdout,stderr}.log
     [run_dir] = (tmp_path / "logs").iterdir()
@@ -168,7 +168,7 @@ def test_dry_run_plans_for_64_ranks_without_deepspeed(dataset):
     assert proc.returncode == 0, proc.stderr[-4000:]
     out = proc.stdout
     assert "topology: 64 ranks = 8 nodes x 8 processes;" in out
-    assert "size 8: 8 groups (0-7 8-15 ... 56-63)" in out
+    assert "group shapes any: sizes 1-8 inside a node, 16 24 32 40 48 56 64 on whole nodes" in out
 
     cfg = load_config(None, overrides)
     sampler = build_sampler(cfg.data, open_corpus(cfg.data))
