@@ -64,9 +64,8 @@ def run_step(
     for mb in plan.micro_batches:
         group = mb.group_of(rank)
         passes = list(group.pass_list)
-        if pad_passes or not passes:  # an idle group still runs one pass
-            most = max(max(len(g.pass_list) for g in mb.groups), 1) if pad_passes else 1
-            passes += [()] * (most - len(passes))
+        most = max(len(g.pass_list) for g in mb.groups) if pad_passes else 0
+        passes += [()] * (max(most, 1) - len(passes))  # an idle group still runs one pass
         seconds = 0.0
         for sequences in passes:
             one = GroupWork(group.ranks, sequences, group.softmax_strategy, group.linear_strategy)

@@ -318,8 +318,9 @@ def group_plans(pack: Packing, index: Sequence[int]) -> tuple[GroupPlan, ...]:
     sequences to their indices in the step's batch."""
     cost = pack.cost
     world = cost.topology.num_gpus
-    loads = pack.exact_loads()
     busy = [g for g in range(len(pack.sizes)) if pack.count[g] > 0]
+    bins = {g: pack.pass_bins(g) for g in busy}  # each group's passes, packed once
+    loads = {g: float(pack.busy[g] + pack.fixed[g] * len(bins[g])) for g in busy}
     busy.sort(key=lambda g: (-pack.sizes[g], -loads[g], g))
     firsts = place_groups([pack.sizes[g] for g in busy], cost.topology)
     if firsts is None:
@@ -332,9 +333,8 @@ def group_plans(pack: Packing, index: Sequence[int]) -> tuple[GroupPlan, ...]:
         d = pack.sizes[g]
         seqs = tuple(sorted(int(index[i]) for i in np.flatnonzero(pack.where == g)))
         spec = pack.specs[g]
-        bins = pack.pass_bins(g)
-        passes = tuple(tuple(int(index[i]) for i in b) for b in bins) if len(bins) > 1 else ()
-        stream = max(int(pack.lengths[b].sum()) for b in bins)
+        passes = tuple(tuple(int(index[i]) for i in b) for b in bins[g]) if len(bins[g]) > 1 else ()
+        stream = max(int(pack.lengths[b].sum()) for b in bins[g])
         covered.update(range(first, first + d))
         out.append(
             GroupPlan(
@@ -343,7 +343,7 @@ def group_plans(pack: Packing, index: Sequence[int]) -> tuple[GroupPlan, ...]:
                 softmax_strategy=spec.softmax_strategy,
                 linear_strategy=spec.linear_strategy,
                 tokens=int(pack.tokens[g]),
-                predicted_s=float(loads[g]),
+                predicted_s=loads[g],
                 memory_bytes=float(spec.memory(stream)),
                 passes=passes,
             )
@@ -413,7 +413,6 @@ def proportional(
             break
         sizes.remove(min(small or used, key=lambda d: (share[d] / d, -d)))
     kind_of = {d: kinds[max(votes[d], key=votes[d].get)] for d in used}
-    total = sum(share[d] for d in used)
     count = {d: max(1, int(share[d] / total * world / d)) for d in used}
     while sum(d * c for d, c in count.items()) > world:  # rounding: shrink the most generous
         d = max((d for d in used if count[d] > 1), key=lambda d: count[d] * d / share[d])

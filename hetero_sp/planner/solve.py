@@ -328,9 +328,8 @@ def plan_batch(
         # (no barrier between passes; memory bounds a pass) first, in half the budget.
         budget.start_micro_batch(2)
         one = plan_micro_batch(arr, list(range(len(arr))), cost, options, budget, passes=True)
-    work, single = cost.sequence_bounds(arr)
     if one is not None and one.makespan_s <= _split_bound(
-        base, work, single, cost.topology.num_gpus
+        base, *cost.sequence_bounds(arr), cost.topology.num_gpus
     ):
         # no plan of the split can beat the plan with passes: it is not planned
         plan = Plan(
