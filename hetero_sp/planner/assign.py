@@ -121,16 +121,18 @@ class Packing:
         returns the items that fit nowhere."""
         groups = np.arange(len(self.sizes)) if allowed is None else np.asarray(allowed)
         failed = []
+        # _fits and _fixed for these groups, inlined: this loop is the hot path of the estimates
+        cap, fixed = self.cap[groups], self.fixed[groups]
+        per_pass = np.maximum(cap, 1)
         for i in sorted(items, key=lambda i: (-self.lengths[i], i)):
-            room = self._fits(self.tokens[groups], self.lengths[i], groups)
+            n = self.lengths[i]
+            tokens = self.tokens[groups] + n
+            room = n <= cap if self.passes else tokens <= cap
             if not room.any():
                 failed.append(i)
                 continue
-            after = (
-                self.busy[groups]
-                + self.times[groups, i]
-                + self._fixed(self.tokens[groups] + self.lengths[i], self.count[groups] + 1, groups)
-            )
+            num = np.maximum(1, -(-tokens // per_pass)) if self.passes else 1
+            after = self.busy[groups] + self.times[groups, i] + fixed * num
             after[~room] = np.inf
             self.add(i, int(groups[int(np.argmin(after))]))
         return failed

@@ -355,8 +355,33 @@ class CostModel:
             single = np.minimum(single, g.fixed_s + t)
         return work, single
 
+    def exclusive_bounds(self, lengths: Sequence[int]) -> tuple[np.ndarray, float]:
+        """Per sequence: where only a group of more than half the GPUs holds it, the least time
+        its tokens take on such a group (fixed costs left out), else 0; and the least fixed
+        cost of such a group. No two of these sequences can run at once on different groups,
+        so whatever the split and the passes, a step takes at least the fixed cost plus the
+        sum of their times."""
+        s = np.asarray(lengths, dtype=float)
+        half = self.topology.num_gpus // 2
+        small = np.zeros(len(s), dtype=bool)
+        alone = np.full(len(s), np.inf)
+        fixed = np.inf
+        for g in self.kinds:
+            fits = s <= g.max_tokens
+            if g.size <= half:
+                small |= fits
+                continue
+            fixed = min(fixed, g.fixed_s)
+            t = g.per_token2_s * s * s + g.per_token_s * s
+            alone = np.minimum(alone, np.where(fits, t, np.inf))
+        return np.where(small, 0.0, alone), float(fixed)
+
     def lower_bound(self, lengths: Sequence[int]) -> float:
-        """max(sum over sequences of the fewest GPU-seconds any group size gives it / GPUs,
-        the longest time any one sequence needs on its best group): no plan is faster."""
+        """The most of: the sum over sequences of the fewest GPU-seconds any group size gives
+        them / GPUs; the longest time any one sequence needs on its best group; and the
+        sequences only groups of more than half the GPUs hold, one after another
+        (:meth:`exclusive_bounds`). No plan is faster."""
         work, single = self.sequence_bounds(lengths)
-        return float(max(work.sum() / self.topology.num_gpus, single.max()))
+        alone, fixed = self.exclusive_bounds(lengths)
+        serial = fixed + float(alone.sum()) if alone.any() else 0.0
+        return float(max(work.sum() / self.topology.num_gpus, single.max(), serial))

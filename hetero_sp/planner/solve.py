@@ -19,11 +19,13 @@ budget, so the result is never slower than it.
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Sequence
 
 import numpy as np
 
 from hetero_sp.config import PlannerConfig
+from hetero_sp.planner import assign
 from hetero_sp.planner.cost import CostModel
 from hetero_sp.planner.errors import PlanError
 from hetero_sp.planner.plan import Plan, validate_plan
@@ -60,7 +62,9 @@ def split_micro_batches(
         raise PlanError(f"a sequence of {max(lengths)} tokens fits no group of sizes {sizes}")
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
     arr = np.asarray(lengths, dtype=np.int64)
-    for k in range(1, len(order) + 1):
+    room = max(cost.topology.max_groups(d) * cost.capacity(d) for d in sizes)
+    fewest = max(1, -(-int(arr.sum()) // room))  # no fewer micro-batches hold the tokens
+    for k in range(fewest, len(order) + 1):
         chunks = _balanced_chunks(arr[order], k)
         parts = [order[a:b] for a, b in chunks]
         if all(_fits(arr[p], cost, sizes) for p in parts):
@@ -98,23 +102,28 @@ bound-minimising split may take (about 0.1 s); bigger batches keep the token-bal
 candidate only."""
 
 
-def _split_bound(parts: Sequence[Sequence[int]], work: np.ndarray, single: np.ndarray, n: int):
-    """Sum over micro-batches of their lower bounds (see ``CostModel.lower_bound``): no plan of
+def _split_bound(parts: Sequence[Sequence[int]], arr: np.ndarray, cost: CostModel) -> float:
+    """Sum over micro-batches of their lower bounds (``CostModel.lower_bound``): no plan of
     this split is faster."""
-    return float(sum(max(work[list(p)].sum() / n, single[list(p)].max()) for p in parts))
+    return float(sum(cost.lower_bound(arr[list(p)]) for p in parts))
 
 
 def _bound_splits(
-    work: np.ndarray, single: np.ndarray, tokens: np.ndarray, room: int, n: int, k_max: int
+    arr: np.ndarray, cost: CostModel, room: float, k_max: int
 ) -> dict[int, list[tuple[int, int]]]:
-    """For every k <= ``k_max``: the cut of the length-sorted batch into exactly k consecutive
-    runs, each of at most ``room`` tokens, that minimises the sum of the runs' lower bounds
-    (``max(work / n, longest single time)``). ``single`` does not increase along the sorted
-    batch, so a run's single-sequence bound is its first element's. Dynamic programming over
-    (runs, end), vectorised over the start."""
-    m = len(work)
+    """For every k <= ``k_max``: the cut of ``arr`` (lengths sorted longest first) into exactly k
+    consecutive runs, each of at most ``room`` tokens, that minimises the sum of the runs'
+    lower bounds (:meth:`CostModel.lower_bound`: work / GPUs, the longest single time, the
+    sequences only a group of over half the GPUs holds in series). ``single`` does not
+    increase along the sorted batch, so a run's single-sequence bound is its first element's.
+    Dynamic programming over (runs, end), vectorised over the start."""
+    m, n = len(arr), cost.topology.num_gpus
+    work, single = cost.sequence_bounds(arr)
+    alone, fixed = cost.exclusive_bounds(arr)
     cum_w = np.concatenate([[0.0], np.cumsum(work)])
-    cum_t = np.concatenate([[0], np.cumsum(tokens)])
+    cum_a = np.concatenate([[0.0], np.cumsum(alone)])
+    cum_c = np.concatenate([[0], np.cumsum(alone > 0)])
+    cum_t = np.concatenate([[0], np.cumsum(arr)])
     best = np.full(m + 1, np.inf)
     best[0] = 0.0
     cuts = np.zeros((k_max, m + 1), dtype=np.int64)
@@ -122,11 +131,12 @@ def _bound_splits(
     for j in range(k_max):
         nxt = np.full(m + 1, np.inf)
         for b in range(1, m + 1):
-            starts = np.arange(b)
-            total = best[:b] + np.maximum((cum_w[b] - cum_w[:b]) / n, single[:b])
+            serial = np.where(cum_c[b] > cum_c[:b], cum_a[b] - cum_a[:b] + fixed, 0.0)
+            run = np.maximum(np.maximum((cum_w[b] - cum_w[:b]) / n, single[:b]), serial)
+            total = best[:b] + run
             total[cum_t[b] - cum_t[:b] > room] = np.inf
             i = int(np.argmin(total))
-            nxt[b], cuts[j, b] = total[i], starts[i]
+            nxt[b], cuts[j, b] = total[i], i
         best = nxt
         if np.isfinite(best[m]):
             ends, b = [m], m
@@ -138,36 +148,52 @@ def _bound_splits(
     return out
 
 
+_PASSES_SPLITS = 8
+"""With passes, the most micro-batches a bound-minimising candidate split has (each a layout of
+groups running passes, like the rounds of a scheduler that regroups the GPUs a few times per
+step: long sequences on big groups first, then smaller groups)."""
+
+
 def candidate_splits(
-    lengths: Sequence[int], cost: CostModel, base: Sequence[Sequence[int]]
+    lengths: Sequence[int], cost: CostModel, base: Sequence[Sequence[int]], passes: bool = False
 ) -> list[tuple[float, list[list[int]]]]:
-    """Other splits worth planning than ``base`` (the token-balanced one), each with its lower
-    bound, best bound first: the bound-minimising consecutive cuts into len(base), +1 and +2
-    micro-batches, and the token-balanced cut into len(base) + 1. Only splits whose every
-    micro-batch fits in memory are returned."""
+    """Other splits worth planning than ``base``, each with its lower bound, best bound first.
+
+    Without passes (``base`` the token-balanced split): the bound-minimising consecutive cuts
+    into len(base), +1 and +2 micro-batches, and the token-balanced cut into len(base) + 1;
+    only splits whose every micro-batch fits in memory at once. With passes, memory bounds a
+    pass, not a micro-batch: the bound-minimising cuts into 2 .. ``_PASSES_SPLITS``
+    micro-batches, with no limit on their tokens."""
     arr = np.asarray(lengths, dtype=np.int64)
     order = sorted(range(len(arr)), key=lambda i: (-arr[i], i))
-    work, single = cost.sequence_bounds(arr[order])
-    n, k0 = cost.topology.num_gpus, len(base)
-    k_max = min(k0 + 2, len(arr))
+    k0 = 2 if passes else len(base)
+    k_max = min(_PASSES_SPLITS if passes else k0 + 2, len(arr))
     found: list[list[list[int]]] = []
     if k_max * len(arr) ** 2 / 2 <= _DP_CELLS and k_max * len(arr) <= _DP_ROWS:
-        room = max(cost.topology.max_groups(d) * cost.capacity(d) for d in cost.sizes)
-        for k, runs in sorted(_bound_splits(work, single, arr[order], room, n, k_max).items()):
+        room = (
+            np.inf
+            if passes
+            else max(cost.topology.max_groups(d) * cost.capacity(d) for d in cost.sizes)
+        )
+        for k, runs in sorted(_bound_splits(arr[order], cost, room, k_max).items()):
             if k >= k0:
                 found.append([order[a:b] for a, b in runs])
-    if k0 < len(arr):
+    if not passes and k0 < len(arr):
         found.append([order[a:b] for a, b in _balanced_chunks(arr[order], k0 + 1)])
     seen = {tuple(map(tuple, base))}
     out = []
-    all_work, all_single = cost.sequence_bounds(arr)
     for parts in found:
         key = tuple(map(tuple, parts))
-        if key in seen or not all(_fits(arr[p], cost, cost.sizes) for p in parts):
+        if key in seen or not (passes or all(_fits(arr[p], cost, cost.sizes) for p in parts)):
             continue
         seen.add(key)
-        out.append((_split_bound(parts, all_work, all_single, n), parts))
+        out.append((_split_bound(parts, arr, cost), parts))
     return sorted(out, key=lambda c: c[0])
+
+
+_WHOLE_MARGIN = 0.1
+"""With passes, the whole step as one micro-batch is planned too where its estimate is within
+this fraction of the best split's (the MILP often improves on the estimate there)."""
 
 
 _MOVE_LIMIT = 64
@@ -185,9 +211,14 @@ class _Estimates:
     ones); inf when the members fit no layout."""
 
     def __init__(
-        self, arr: np.ndarray, cost: CostModel, options: PlannerConfig, budget: StepBudget
+        self,
+        arr: np.ndarray,
+        cost: CostModel,
+        options: PlannerConfig,
+        budget: StepBudget,
+        passes: bool = False,
     ) -> None:
-        self.arr, self.cost, self.budget = arr, cost, budget
+        self.arr, self.cost, self.budget, self.passes = arr, cost, budget, passes
         self.options = dataclasses.replace(
             options, time_limit_s=_QUICK_MILP_S, min_time_limit_s=_QUICK_MILP_S
         )
@@ -201,25 +232,32 @@ class _Estimates:
             lengths = self.arr[list(key)]
             if not key:
                 self.memo[key] = 0.0
-            elif not _fits(lengths, self.cost, self.cost.sizes):
+            elif not (self.passes or _fits(lengths, self.cost, self.cost.sizes)):
                 self.memo[key] = float("inf")
             else:
-                mb = plan_micro_batch(lengths, list(key), self.cost, self.options)
+                mb = plan_micro_batch(
+                    lengths, list(key), self.cost, self.options, passes=self.passes
+                )
                 self.memo[key] = mb.makespan_s
         return self.memo[key]
 
 
 def improve_split(
-    plan: Plan, arr: np.ndarray, cost: CostModel, options: PlannerConfig, budget: StepBudget
+    plan: Plan,
+    arr: np.ndarray,
+    cost: CostModel,
+    options: PlannerConfig,
+    budget: StepBudget,
+    passes: bool = False,
 ) -> list[list[int]] | None:
     """Local search over the plan's split: move one sequence to another (or a new) micro-batch,
     or swap two, while the sum of the micro-batches' estimated makespans falls (best move
-    first, until the deadline). Returns the improved split, None when no move helped (or the
-    batch is too big for the search)."""
+    first, until the deadline; with ``passes``, micro-batches estimated with passes). Returns
+    the improved split, None when no move helped (or the batch is too big for the search)."""
     parts = [sorted(i for g in mb.groups for i in g.sequences) for mb in plan.micro_batches]
     if len(arr) > _MOVE_LIMIT or not budget.time_left():
         return None
-    quick = _Estimates(arr, cost, options, budget)
+    quick = _Estimates(arr, cost, options, budget, passes)
     est = [mb.makespan_s for mb in plan.micro_batches]
     for p, e in zip(parts, est):
         quick.memo[tuple(p)] = e
@@ -281,23 +319,120 @@ def _plan_split(
     budget: StepBudget,
     within_budget: bool = False,
     reserve: int = 0,
+    passes: bool = False,
 ) -> Plan | None:
-    """Plan each micro-batch of ``parts``; with ``within_budget``, give up (None) once the
-    step's deadline passes before the last one, so a candidate costs at most one micro-batch
-    of planning past the deadline. ``reserve``: shares of time to leave for later work, each
-    the size of one micro-batch's."""
+    """Plan each micro-batch of ``parts`` (with ``passes``: groups may run several passes);
+    with ``within_budget``, give up (None) once the step's deadline passes before the last
+    one, so a candidate costs at most one micro-batch of planning past the deadline.
+    ``reserve``: shares of time to leave for later work, each the size of one micro-batch's."""
     mbs = []
     for m, idx in enumerate(parts):
         if within_budget and m and not budget.time_left():
             return None
         budget.start_micro_batch(len(parts) - m + reserve)
-        mbs.append(plan_micro_batch(arr[list(idx)], list(idx), cost, options, budget))
+        mbs.append(
+            plan_micro_batch(arr[list(idx)], list(idx), cost, options, budget, passes=passes)
+        )
     return Plan(
         world_size=cost.topology.num_gpus,
         lengths=tuple(int(s) for s in arr),
         micro_batches=tuple(mbs),
         memory_limit_bytes=cost.memory_limit_bytes,
     )
+
+
+_DP_ROWS_PASSES = 4096
+"""Most (micro-batches x sequences) numpy rows of the bound-minimising cuts in
+:func:`rounds_split` (about 0.05 s); bigger batches keep the estimated cuts only."""
+
+
+class _RunEstimates:
+    """Estimated makespans of consecutive runs ``[a, b)`` of the length-sorted batch planned as
+    one micro-batch with passes: the :func:`~hetero_sp.planner.assign.proportional` layout (no
+    local search; a few milliseconds), memoised."""
+
+    def __init__(self, ordered: np.ndarray, cost: CostModel, deadline: float) -> None:
+        self.ordered, self.cost, self.deadline = ordered, cost, deadline
+        self.memo: dict[tuple[int, int], float] = {}
+
+    def __call__(self, a: int, b: int) -> float:
+        if (a, b) not in self.memo:
+            pack = assign.proportional(self.ordered[a:b], self.cost, 0, self.deadline, True)
+            self.memo[a, b] = float("inf") if pack is None else pack.makespan
+        return self.memo[a, b]
+
+    def total(self, bounds: Sequence[int]) -> float:
+        return float(sum(self(a, b) for a, b in zip(bounds, bounds[1:])))
+
+
+def rounds_split(
+    arr: np.ndarray, cost: CostModel, deadline: float
+) -> tuple[float, list[list[int]], float] | None:
+    """With passes: a consecutive cut of the length-sorted batch into micro-batches whose groups
+    run passes, long sequences in the first on big groups, shorter ones later on smaller groups
+    (as a scheduler that regroups the GPUs a few times per step does). Candidates: the
+    bound-minimising cuts into 2 .. ``_PASSES_SPLITS`` runs, and the cut with the least
+    estimated makespan (:class:`_RunEstimates`) among those at the points where the smallest
+    group size that holds a sequence changes (dynamic programming over those few points); the
+    better by estimate then has its cut points moved while that helps and time lasts.
+
+    Returns (estimate, batch indices per micro-batch, longest first, the estimate of the whole
+    batch as one micro-batch), or None when no candidate was found before the deadline."""
+    m = len(arr)
+    order = np.array(sorted(range(m), key=lambda i: (-arr[i], i)), dtype=np.int64)
+    ordered = arr[order]
+    est = _RunEstimates(ordered, cost, deadline)
+    found: list[list[int]] = []
+    # the smallest size holding each sequence; inside a node only powers of two count, which
+    # keeps the points (and the estimates, one per pair of points) few
+    sizes = [
+        d for d in cost.sizes if d >= cost.topology.node or d & (d - 1) == 0 or d == cost.sizes[-1]
+    ]
+    need = np.searchsorted(np.array([cost.capacity(d) for d in sizes]), ordered)
+    points = [0, *(int(i) for i in np.flatnonzero(np.diff(need)) + 1), m]
+    best_at = {0: (0.0, [0])}  # point index -> (estimate, bounds) of the best cut up to it
+    for j in range(1, len(points)):
+        if time.perf_counter() > deadline:
+            break
+        options = [
+            (best_at[i][0] + est(points[i], points[j]), [*best_at[i][1], points[j]])
+            for i in range(j)
+            if i in best_at
+        ]
+        best_at[j] = min(options, key=lambda o: o[0])
+    last = max(best_at)
+    if last == len(points) - 1:
+        found.append(best_at[last][1])
+    elif last:  # cut short by the deadline: the best cut so far, the rest as one micro-batch
+        found.append([*best_at[last][1], m])
+    k_max = min(_PASSES_SPLITS, m)
+    if k_max * m <= _DP_ROWS_PASSES and time.perf_counter() < deadline:
+        for k, runs in _bound_splits(ordered, cost, np.inf, k_max).items():
+            if k > 1:
+                found.append([0, *(b for _, b in runs)])
+    scored = []
+    for bounds in found:
+        if scored and time.perf_counter() > deadline:
+            break
+        scored.append((est.total(bounds), bounds))
+    if not scored:
+        return None
+    total, bounds = min(scored, key=lambda c: c[0])
+    step = max(1, m // 8)
+    while step >= 1 and time.perf_counter() < deadline:
+        moved = False
+        for c in range(1, len(bounds) - 1):
+            for cut in (bounds[c] - step, bounds[c] + step):
+                if not bounds[c - 1] < cut < bounds[c + 1] or time.perf_counter() > deadline:
+                    continue
+                trial = [*bounds[:c], cut, *bounds[c + 1 :]]
+                value = est.total(trial)
+                if value < total * (1 - 1e-9):
+                    total, bounds, moved = value, trial, True
+        if not moved:
+            step //= 2
+    parts = [order[a:b].tolist() for a, b in zip(bounds, bounds[1:])]
+    return total, parts, est(0, m)
 
 
 def passes_allowed(cost: CostModel, options: PlannerConfig) -> bool:
@@ -322,30 +457,43 @@ def plan_batch(
     arr = np.asarray(lengths, dtype=np.int64)
     base = split_micro_batches(lengths, cost)
     with_passes = passes_allowed(cost, options)
-    one = None
+    plan, one, rounds = None, None, None
     if with_passes and len(base) > 1:
-        # Memory splits the step: the whole step as one micro-batch whose groups run passes
-        # (no barrier between passes; memory bounds a pass) first, in half the budget.
-        budget.start_micro_batch(2)
-        one = plan_micro_batch(arr, list(range(len(arr))), cost, options, budget, passes=True)
-    if one is not None and one.makespan_s <= _split_bound(
-        base, *cost.sequence_bounds(arr), cost.topology.num_gpus
-    ):
-        # no plan of the split can beat the plan with passes: it is not planned
+        # Memory splits the step, but with passes memory bounds a pass, not a micro-batch: a
+        # few micro-batches of groups running passes, long sequences first on big groups
+        # (estimated in at most 40% of the budget), planned in half of what is left.
+        found = rounds_split(arr, cost, time.perf_counter() + 0.4 * budget.time_left())
+        if found is not None:
+            estimate, parts, whole = found
+            if len(parts) > 1:
+                rounds = _plan_split(
+                    parts, arr, cost, options, budget, reserve=len(parts), passes=True
+                )
+                plan = rounds
+            if len(parts) == 1 or whole <= estimate * (1 + _WHOLE_MARGIN):
+                # the whole step as one micro-batch with passes, in half of what is left
+                budget.start_micro_batch(2)
+                one = plan_micro_batch(
+                    arr, list(range(len(arr))), cost, options, budget, passes=True
+                )
+    if one is not None and (plan is None or one.makespan_s < plan.predicted_step_s):
         plan = Plan(
             world_size=cost.topology.num_gpus,
             lengths=tuple(lengths),
             micro_batches=(one,),
             memory_limit_bytes=cost.memory_limit_bytes,
         )
-    else:
-        plan = _plan_split(base, arr, cost, options, budget, reserve=int(with_passes and not one))
-    if with_passes and one is None:
+    if plan is None or _split_bound(base, arr, cost) < plan.predicted_step_s:
+        # the token-balanced split, unless its bound cannot beat the plan with passes
+        split = _plan_split(base, arr, cost, options, budget, reserve=int(with_passes and not one))
+        if plan is None or split.predicted_step_s < plan.predicted_step_s:
+            plan = split
+    if with_passes and len(base) == 1:
         # Everything fits at once: passes can still let a group hold more, in what is left.
         budget.start_micro_batch(1)
         one = plan_micro_batch(arr, list(range(len(arr))), cost, options, budget, passes=True)
-    if one is not None and one.makespan_s < plan.predicted_step_s:
-        plan = dataclasses.replace(plan, micro_batches=(one,))
+        if one.makespan_s < plan.predicted_step_s:
+            plan = dataclasses.replace(plan, micro_batches=(one,))
     tried = kept = 0
     if options.split_search and cost.topology.num_gpus > 1 and not budget.out_of_time():
         for bound, parts in candidate_splits(lengths, cost, base):
@@ -359,9 +507,13 @@ def plan_batch(
             tried += 1
             if other.predicted_step_s < plan.predicted_step_s:
                 plan, kept = other, tried
-        moved = improve_split(plan, arr, cost, options, budget)
+        # the plan's micro-batches were planned with passes: moves are judged and planned so
+        passes = with_passes and (plan is rounds or len(plan.micro_batches) == 1)
+        moved = improve_split(plan, arr, cost, options, budget, passes)
         if moved is not None:
-            other = _plan_split(moved, arr, cost, options, budget, within_budget=True)
+            other = _plan_split(
+                moved, arr, cost, options, budget, within_budget=True, passes=passes
+            )
             if other is not None:
                 tried += 1
                 if other.predicted_step_s < plan.predicted_step_s:

@@ -67,6 +67,11 @@ class StepBudget:
         return max(self.floor_s, min(self.deadline - now, fraction * (self.part_end - now)))
 
 
+_LATE_PLACEMENTS = 4096
+"""Most sequence placements (sequences x sizes, some 20 us each) the single-kind layouts of a
+micro-batch planned after the deadline may take; beyond, the proportional layout alone."""
+
+
 def _late_micro_batch(
     lengths: np.ndarray,
     index: Sequence[int],
@@ -77,12 +82,22 @@ def _late_micro_batch(
     passes: bool = False,
 ) -> MicroBatchPlan:
     """A micro-batch planned after the step's deadline, when no MILP round may start: the best
-    single-kind layout of its true lengths, without the bucketing only the MILP needs."""
-    packs = [
-        assign.homogeneous(lengths, cost, kind, improve_rounds=0, passes=passes)
-        for kind in cost.kinds
-        if int(lengths.max()) <= kind.max_tokens
-    ]
+    of the proportional mixed layout and (where that takes at most ``_LATE_PLACEMENTS``
+    placements) each size's default kind alone, on its true lengths, no local search, without
+    the bucketing only the MILP needs."""
+    packs = [assign.proportional(lengths, cost, 0, None, passes)]
+    if len(lengths) * len(cost.sizes) <= _LATE_PLACEMENTS or packs[0] is None:
+        packs += [
+            assign.homogeneous(lengths, cost, cost.groups[d], improve_rounds=0, passes=passes)
+            for d in cost.sizes
+            if int(lengths.max()) <= cost.groups[d].max_tokens
+        ]
+    if all(p is None for p in packs):  # only a non-default kind holds some sequence
+        packs = [
+            assign.homogeneous(lengths, cost, kind, improve_rounds=0, passes=passes)
+            for kind in cost.kinds
+            if int(lengths.max()) <= kind.max_tokens
+        ]
     best = min((p for p in packs if p is not None), key=lambda p: p.makespan, default=None)
     if best is None:
         raise RuntimeError(
@@ -152,6 +167,25 @@ def _milp_makespan(slots: tuple, inp: MilpInput) -> float:
     )
 
 
+_KINDS_ALWAYS = 4
+"""Single-kind layouts a micro-batch always tries (the best by bound first); the others only
+while its share of the step's time lasts."""
+
+
+def _kinds_by_bound(lengths: np.ndarray, cost: CostModel) -> list:
+    """The kinds that hold every sequence, by the bound on a layout of that kind alone (its
+    work over the GPUs, or the longest sequence's time), least first."""
+    s = lengths.astype(float)
+    n = cost.topology.num_gpus
+    out = []
+    for kind in cost.kinds:
+        if int(lengths.max()) > kind.max_tokens:
+            continue
+        t = kind.per_token2_s * s * s + kind.per_token_s * s
+        out.append((max(float(t.sum()) * kind.size / n, float(t.max()) + kind.fixed_s), kind))
+    return [k for _, k in sorted(out, key=lambda o: o[0])]
+
+
 def plan_micro_batch(
     lengths: np.ndarray,
     index: Sequence[int],
@@ -181,9 +215,11 @@ def plan_micro_batch(
     inp = _milp_input(cost, buckets, means, passes)
 
     best, warm = None, None  # best: true lengths; warm: its layout over bucket means
-    for kind in cost.kinds:
-        if int(lengths.max()) > kind.max_tokens:
-            continue
+    kinds = _kinds_by_bound(lengths, cost)
+    for j, kind in enumerate(kinds):
+        if j >= _KINDS_ALWAYS and time.perf_counter() > budget.part_end:
+            kinds = kinds[:j]  # out of this micro-batch's time: the likeliest kinds only
+            break
         pack = assign.homogeneous(rounded, cost, kind, improve_rounds=0, passes=passes)
         if pack is not None and (warm is None or pack.makespan < warm.makespan):
             warm = pack
@@ -192,8 +228,7 @@ def plan_micro_batch(
         # the kind that is best over bucket means (the MILP's warm start).
         packs = [
             assign.homogeneous(lengths, cost, kind, improve_rounds=0, passes=passes)
-            for kind in cost.kinds
-            if int(lengths.max()) <= kind.max_tokens
+            for kind in kinds
         ]
         packs = [p for p in packs if p is not None] or [warm]
         top = min(p.makespan for p in packs)

@@ -8,9 +8,15 @@ import numpy as np
 import pytest
 
 from hetero_sp.config import load_config
-from hetero_sp.planner import CostModel, PlannerConfig, load_profile, plan_batch, validate_plan
+from hetero_sp.planner import (
+    CostModel,
+    PlannerConfig,
+    load_profile,
+    plan_batch,
+    solve,
+    validate_plan,
+)
 from hetero_sp.planner.simulate import homogeneous_times
-from hetero_sp.planner import solve
 from hetero_sp.planner.solve import candidate_splits, split_micro_batches
 from tests.planner_common import synthetic_cost
 
@@ -99,3 +105,25 @@ def test_candidate_bounds_are_lower_bounds_and_splits_are_partitions(seed):
         for p in parts:
             assert cost.lower_bound([lengths[i] for i in p]) <= bound + 1e-12
         assert plan.predicted_step_s > 0
+
+
+def test_with_passes_long_sequences_get_their_own_micro_batch_of_big_groups():
+    # 64 GPUs, ZeRO-1: four sequences only groups of over 32 GPUs hold, beside many short ones.
+    # One micro-batch with passes must give the long ones a whole-world group that the short
+    # ones then share; a first micro-batch for the long ones, then small groups, is faster.
+    profile = load_profile("configs/profiles/h100x8-estimate.json")
+    cost = CostModel(profile, profile.topology(64), zero_stage=1)
+    rng = np.random.default_rng(0)
+    lengths = [300_000, 220_000, 220_000, 216_000] + [
+        int(x) for x in rng.integers(500, 12_000, 300)
+    ]
+    arr = np.asarray(lengths)
+    estimate, parts, whole = solve.rounds_split(arr, cost, deadline=float("inf"))
+    assert sorted(i for p in parts for i in p) == list(range(len(lengths)))
+    assert len(parts) > 1 and estimate < whole
+    assert 0 in parts[0] and all(lengths[i] >= 200_000 for i in parts[0])  # long ones first
+    plan = plan_batch(lengths, cost, PlannerConfig(time_limit_s=2.0))
+    validate_plan(plan, cost)
+    assert len(plan.micro_batches) > 1
+    assert plan.predicted_step_s <= estimate * (1 + 1e-9)
+    assert plan.predicted_step_s >= cost.lower_bound(lengths)
