@@ -7,6 +7,7 @@ import contextlib
 import math
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -44,9 +45,35 @@ _LAUNCH_VARS = (
 )
 
 
-def port(offset: int) -> int:
-    """A port per test (offset) and per pytest process, so parallel sessions do not collide."""
-    return 30100 + (os.getpid() % 150) * 20 + offset
+# Rendezvous ports are taken below Linux's ephemeral range (32768-60999 by default): a port in
+# it can be held at any moment by an outgoing connection, such as gloo's between the ranks of
+# another test (a run failed with EADDRINUSE on 33013 that way).
+_PORTS = range(20000, 32700)
+_given: set[int] = set()
+
+
+def _bindable(p: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("", p))  # no SO_REUSEADDR: a port in TIME_WAIT counts as taken
+        except OSError:
+            return False
+    return True
+
+
+def free_port() -> int:
+    """A rendezvous port that is free now and not handed out before in this process. The
+    search starts at a place that depends on the process id, so parallel sessions start
+    apart; another program may still take the port before the launcher binds it, but nothing
+    in the ephemeral range can."""
+    span = len(_PORTS)
+    start = (os.getpid() * 97) % span
+    for i in range(span):
+        p = _PORTS[(start + 7 * i) % span]  # 7 is prime to the span: every port is visited
+        if p not in _given and _bindable(p):
+            _given.add(p)
+            return p
+    raise RuntimeError(f"no free port in {_PORTS.start}-{_PORTS.stop - 1} on this machine")
 
 
 def launch_env(**extra: str) -> dict[str, str]:

@@ -6,12 +6,13 @@ asserted here.)"""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.launch_common import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 PAIRS = [
@@ -45,7 +46,7 @@ def _check_timed(row: dict, world: int) -> None:
 
 @pytest.mark.slow
 def test_two_ranks_time_every_strategy_pair(tmp_path):
-    result = _run(2, 29300 + os.getpid() % 100, tmp_path / "two.json", "--contexts", "256,512")
+    result = _run(2, free_port(), tmp_path / "two.json", "--contexts", "256,512")
     assert result["devices"] == 2 and result["model"] == "tiny"
     assert [(r["context"], r["softmax"], r["linear"]) for r in result["rows"]] == [
         (c, s, linear) for c in (256, 512) for s, linear in PAIRS
@@ -60,7 +61,7 @@ def test_one_rank_times_one_pair_and_the_budget_skips_what_it_cannot_afford(tmp_
     # and runs; the next ones (estimated from it) are skipped, saying why.
     result = _run(
         1,
-        29400 + os.getpid() % 100,
+        free_port(),
         tmp_path / "one.json",
         "--contexts",
         "256,4096,65536",

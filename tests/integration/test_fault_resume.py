@@ -11,6 +11,7 @@ import pytest
 
 from hetero_sp.engine.metrics import read_metrics
 from tests.integration.test_golden_losses import BASE, _prepare
+from tests.launch_common import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -53,9 +54,8 @@ def _torchrun(out_dir: Path, dataset: Path, port: int, fault_step: int | None):
 def test_killed_rank_restarts_from_checkpoint_with_identical_losses(tmp_path):
     dataset = tmp_path / "dataset"
     _prepare(dataset)
-    port = 29700 + os.getpid() % 200
-    _torchrun(tmp_path / "clean", dataset, port, fault_step=None)
-    faulty = _torchrun(tmp_path / "faulty", dataset, port + 1, fault_step=4)
+    _torchrun(tmp_path / "clean", dataset, free_port(), fault_step=None)
+    faulty = _torchrun(tmp_path / "faulty", dataset, free_port(), fault_step=4)
 
     assert "[fault injection] rank 1 exits before step 4" in faulty.stderr
     assert (tmp_path / "faulty" / ".fault_injected").is_file()

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.test_golden_losses import _prepare
-from tests.launch_common import SMALL, check_none_left, launch_env, port, run, start
+from tests.launch_common import SMALL, check_none_left, free_port, launch_env, run, start
 
 STEPS = 1000  # far more than the test lets run
 EXIT_S = 20  # the ranks stop after their step (well under a second here) and leave together
@@ -94,7 +94,7 @@ def _one_line(out: str) -> str:
 def test_ctrl_c_saves_the_step_and_the_same_command_resumes(dataset, tmp_path):
     out_dir = tmp_path / "run"
     overrides = [f"train.steps={STEPS}", "train.log_every=1"]  # train.ckpt_on_signal: default
-    job = _Run(_command(dataset, out_dir, port(10), *overrides), str(tmp_path))
+    job = _Run(_command(dataset, out_dir, free_port(), *overrides), str(tmp_path))
     job.wait_for(lambda: _steps_done(out_dir) >= 2, "2 trained steps")
     elapsed = job.signal(signal.SIGINT)
 
@@ -116,7 +116,7 @@ def test_ctrl_c_saves_the_step_and_the_same_command_resumes(dataset, tmp_path):
 
     # The same command (a nearer end, so that it finishes) goes on from that checkpoint.
     rc, again = run(
-        _command(dataset, out_dir, port(11), f"train.steps={step + 1}", "train.log_every=1"),
+        _command(dataset, out_dir, free_port(), f"train.steps={step + 1}", "train.log_every=1"),
         launch_env(),
         str(tmp_path),
     )
@@ -128,7 +128,7 @@ def test_ctrl_c_saves_the_step_and_the_same_command_resumes(dataset, tmp_path):
 def test_sigterm_to_every_process_stops_without_a_checkpoint_when_asked(dataset, tmp_path):
     out_dir = tmp_path / "run"
     overrides = [f"train.steps={STEPS}", "train.log_every=1", "train.ckpt_on_signal=false"]
-    job = _Run(_command(dataset, out_dir, port(12), *overrides), str(tmp_path))
+    job = _Run(_command(dataset, out_dir, free_port(), *overrides), str(tmp_path))
     job.wait_for(lambda: _steps_done(out_dir) >= 2, "2 trained steps")
     elapsed = job.signal(signal.SIGTERM, workers_too=True)
 
@@ -147,7 +147,7 @@ def test_sigterm_to_every_process_stops_without_a_checkpoint_when_asked(dataset,
 @pytest.mark.slow
 def test_a_signal_while_starting_stops_at_once(dataset, tmp_path):
     out_dir = tmp_path / "run"
-    job = _Run(_command(dataset, out_dir, port(13), f"train.steps={STEPS}"), str(tmp_path))
+    job = _Run(_command(dataset, out_dir, free_port(), f"train.steps={STEPS}"), str(tmp_path))
     job.wait_for(lambda: "INFO hetero_sp.engine.trainer: data:" in job.text(), "data: line")
     elapsed = job.signal(signal.SIGINT)  # rank 0 has opened the data; DeepSpeed starts next
 

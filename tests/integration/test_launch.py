@@ -29,8 +29,8 @@ from tests.launch_common import (
     check_none_left,
     collect,
     finish,
+    free_port,
     launch_env,
-    port,
     run,
     start,
     topology_lines,
@@ -61,7 +61,7 @@ def _gpu() -> bool:
 
 @pytest.mark.slow
 def test_single_node_launcher_trains_two_cpu_ranks(dataset, tmp_path):
-    p = port(0)
+    p = free_port()
     rc, out = run(
         ["bash", "launch/torchrun_single_node.sh", "--nproc-per-node", "2", "--master-port",
          str(p), "--log-dir", str(tmp_path / "logs"), *_train_args(dataset, tmp_path / "run")],
@@ -85,7 +85,7 @@ def test_single_node_launcher_trains_two_cpu_ranks(dataset, tmp_path):
 
 @pytest.mark.slow
 def test_multi_node_launcher_two_local_nodes(dataset, tmp_path):
-    p = port(1)
+    p = free_port()
     procs = {}
     for node in (1, 0):  # the joining node first: it must wait for the host, not fail
         env = launch_env(NNODES="2", NODE_RANK=str(node), MASTER_ADDR="127.0.0.1",
@@ -108,7 +108,7 @@ def test_multi_node_launcher_two_local_nodes(dataset, tmp_path):
 
 @pytest.mark.slow
 def test_slurm_script_with_fake_slurm(dataset, tmp_path):
-    p, log = port(2), tmp_path / "srun.jsonl"
+    p, log = free_port(), tmp_path / "srun.jsonl"
     env = launch_env(
         PATH=f"{SHIMS}:{launch_env()['PATH']}",
         SLURM_JOB_ID="4242",
@@ -225,7 +225,7 @@ def test_dry_run_impossible_batch_fails_with_planner_message(dataset):
 def test_dry_run_through_launcher_prints_once(dataset, tmp_path):
     rc, out = run(
         ["bash", "launch/torchrun_single_node.sh", "--nproc-per-node", "2", "--master-port",
-         str(port(3)), "--log-dir", str(tmp_path / "logs"), "--dry-run", "--dry-run-steps", "1",
+         str(free_port()), "--log-dir", str(tmp_path / "logs"), "--dry-run", "--dry-run-steps", "1",
          *_train_args(dataset, tmp_path / "run")],
         launch_env(),
         str(tmp_path),
@@ -266,7 +266,7 @@ def test_stopped_launcher_stops_its_workers(dataset, tmp_path):
     args = [*_train_args(dataset, tmp_path / "run"), "train.steps=100000"]
     proc = start(
         ["bash", "launch/torchrun_single_node.sh", "--nproc-per-node", "2", "--master-port",
-         str(port(4)), "--log-dir", str(tmp_path / "logs"), *args],
+         str(free_port()), "--log-dir", str(tmp_path / "logs"), *args],
         launch_env(),
     )  # fmt: skip
     seen = []

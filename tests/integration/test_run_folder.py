@@ -14,6 +14,7 @@ import pytest
 
 from hetero_sp.engine import checkpoint as ckpt_io
 from hetero_sp.engine.metrics import read_metrics
+from tests.launch_common import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL = [
@@ -27,7 +28,6 @@ SMALL = [
     "train.ckpt_every=1",
     "train.progress=false",
 ]
-_launches = iter(range(100))
 
 
 def _ranks(out_dir: Path, *overrides: str, nproc: int = 2) -> list[tuple[int, str]]:
@@ -38,7 +38,7 @@ def _ranks(out_dir: Path, *overrides: str, nproc: int = 2) -> list[tuple[int, st
     env.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache/hetero_sp/torch_extensions"))
     env.update(
         MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(31500 + (os.getpid() % 100) * 10 + next(_launches)),
+        MASTER_PORT=str(free_port()),
         WORLD_SIZE=str(nproc),
         LOCAL_WORLD_SIZE=str(nproc),
     )

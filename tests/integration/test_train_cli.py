@@ -15,6 +15,7 @@ from hetero_sp.core.flops import training_flops
 from hetero_sp.engine import checkpoint as ckpt_io
 from hetero_sp.engine.metrics import read_metrics
 from hetero_sp.engine.plots import plot_run
+from tests.launch_common import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 METRIC_KEYS = (
@@ -32,7 +33,6 @@ METRIC_KEYS = (
 def _env():
     env = dict(os.environ)
     env.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache/hetero_sp/torch_extensions"))
-    env["MASTER_PORT"] = str(29600 + os.getpid() % 200)
     return env
 
 
@@ -44,7 +44,7 @@ def _torchrun(nproc, *overrides, timeout=600):
         "--master_addr",
         "127.0.0.1",
         "--master_port",
-        _env()["MASTER_PORT"],
+        str(free_port()),
         "-m",
         "hetero_sp.train",
         "--config",
@@ -69,7 +69,7 @@ def _ranks(nproc, *overrides, timeout=300):
         MASTER_ADDR="127.0.0.1",
         WORLD_SIZE=str(nproc),
         LOCAL_WORLD_SIZE=str(nproc),
-        MASTER_PORT=str(int(env["MASTER_PORT"]) + 1),
+        MASTER_PORT=str(free_port()),
     )
     cmd = [sys.executable, "-m", "hetero_sp.train", "--config", "configs/cpu-tiny.toml",
            "train.progress=false", *overrides]  # fmt: skip
