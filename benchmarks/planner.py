@@ -7,7 +7,8 @@ For the same batches and the same cost model it compares, in predicted step time
 - FlexSP: the planner restricted to FlexSP's formulation (Ulysses, groups of 2, 4, 8, ...,
   10 s planning limit),
 - Megatron: Megatron-core's ``BalancedCPScheduler`` (hybrid context parallelism), its CP groups
-  priced by the cost model, each sequence its own forward and backward,
+  priced by the cost model, each sequence its own forward and backward (at ZeRO 2/3 the
+  groups' k-th passes in lockstep),
 - HeteroSP: the planner's heterogeneous groups,
 - lower bounds: total GPU-seconds / GPUs (or the slowest sequence), and the MILP's own bound;
 plus planning times (p50/p95), the p95 over micro-batches of the bucket token error (tokens that

@@ -15,6 +15,15 @@ hold it) among the aligned blocks ``create_hybrid_dp_cp_groups`` builds: sizes 2
 the world at multiples of their size, and the whole world. So a round takes its slowest group,
 a group the sum of its per-sequence passes (each with the group's fixed cost), and a schedule
 that puts a group on other ranks than such a block cannot run as scheduled.
+
+At ZeRO stage 2 or 3 the passes of a round are not independent: every backward
+reduce-scatters gradients over all ranks (and at stage 3 every forward and backward gathers
+parameters from all of them), so pass k of every group is one collective step of the whole
+world, and a group with fewer sub-samples than the round's most runs padding passes, as this
+project's engine does. There a round takes the sum over k of its groups' slowest k-th pass (a
+padding pass priced as one token on its group). That is the least such lockstep costs: the
+gathers are per layer, which makes the groups wait for each other more often than once a
+pass.
 """
 
 from __future__ import annotations
@@ -59,6 +68,8 @@ class MegatronGroup:
     linear_strategy: str
     predicted_s: float
     """Sum of the per-sequence passes; 0 when the schedule is not priced."""
+    pass_s: tuple[float, ...] = ()
+    """Each pass's time, in :attr:`sequences` order; empty when not priced."""
 
 
 @dataclass(frozen=True)
@@ -68,7 +79,8 @@ class MegatronPlan:
     """Why the schedule is not priced (empty when it is)."""
     rounds: tuple[tuple[MegatronGroup, ...], ...]
     round_s: tuple[float, ...]
-    """Each round's slowest group; empty when not priced."""
+    """Each round's time (its slowest group; at ZeRO 2/3 the sum of its slowest k-th passes);
+    empty when not priced."""
     schedule_s: float
     """Wall time of Megatron's scheduler."""
     cap: int
@@ -167,17 +179,18 @@ class MegatronBaseline:
                         "memory limit with every strategy pair"
                     )
                     return self._unpriced(BaselineStatus.MEMORY, reason, schedule_s, rounds)
-                spec, seconds = best
+                spec, passes = best
                 out.append(
                     dataclasses.replace(
                         g,
                         softmax_strategy=spec.softmax_strategy,
                         linear_strategy=spec.linear_strategy,
-                        predicted_s=seconds,
+                        predicted_s=sum(passes),
+                        pass_s=passes,
                     )
                 )
             priced.append(tuple(out))
-            round_s.append(max(g.predicted_s for g in out))
+            round_s.append(self._round_s(out))
         return MegatronPlan(
             BaselineStatus.OK, "", tuple(priced), tuple(round_s), schedule_s, self.cap
         )
@@ -223,18 +236,38 @@ class MegatronBaseline:
             problem = (BaselineStatus.FAILED, "some sequences are in no round")
         return rounds, problem
 
-    def _price(self, group: MegatronGroup, lengths: list[int]) -> tuple[GroupCost, float] | None:
+    def _price(
+        self, group: MegatronGroup, lengths: list[int]
+    ) -> tuple[GroupCost, tuple[float, ...]] | None:
         """The fastest strategy pair (kind of the group's size) holding each pass of the group,
-        and its time."""
+        and its passes' times."""
         size, seqs = len(group.ranks), [lengths[i] for i in group.sequences]
         best = None
         for spec in self.cost.every_kind(size):
             if max(seqs) > spec.max_tokens:
                 continue
-            seconds = sum(spec.time([s]) for s in seqs)
-            if best is None or seconds < best[1]:
-                best = (spec, seconds)
+            passes = tuple(spec.time([s]) for s in seqs)
+            if best is None or sum(passes) < sum(best[1]):
+                best = (spec, passes)
         return best
+
+    def _round_s(self, groups: list[MegatronGroup]) -> float:
+        """A round's time: its slowest group, or at ZeRO 2/3 (every pass a step of the whole
+        world) the sum of the slowest k-th passes, groups out of sub-samples padding."""
+        if self.cost.zero_stage < 2:
+            return max(g.predicted_s for g in groups)
+        most = max(len(g.pass_s) for g in groups)
+        total = 0.0
+        for k in range(most):
+            total += max(
+                g.pass_s[k] if k < len(g.pass_s) else self._padding_s(len(g.ranks), g)
+                for g in groups
+            )
+        return total
+
+    def _padding_s(self, size: int, group: MegatronGroup) -> float:
+        spec = self.cost.group_cost(size, group.softmax_strategy, group.linear_strategy)
+        return spec.time([1])
 
 
 def flexsp_cost(cost: CostModel) -> CostModel | None:

@@ -28,9 +28,9 @@ from tests.planner_common import synthetic_cost
 FAST = PlannerConfig(time_limit_s=0.2, min_time_limit_s=0.05, improve_rounds=50, split_search=False)
 
 
-def h100_cost(num_gpus: int, **topology) -> CostModel:
+def h100_cost(num_gpus: int, zero_stage: int = 3, **topology) -> CostModel:
     profile = h100_estimate()
-    return CostModel(profile, profile.topology(num_gpus, **topology), zero_stage=3)
+    return CostModel(profile, profile.topology(num_gpus, **topology), zero_stage=zero_stage)
 
 
 @pytest.fixture(scope="module")
@@ -41,27 +41,47 @@ def megatron_baseline():
     return MegatronBaseline
 
 
-def test_megatron_groups_are_priced_by_the_cost_model(megatron_baseline):
-    cost = h100_cost(8)
+@pytest.mark.parametrize("zero_stage", [1, 3])
+def test_megatron_groups_are_priced_by_the_cost_model(megatron_baseline, zero_stage):
+    cost = h100_cost(8, zero_stage)
     baseline = megatron_baseline(cost)
     assert baseline.cap == cost.groups[1].max_tokens
-    lengths = [60_000, 30_000, 9_000, 5_000, 3_000, 3_000, 2_000, 1_000, 500, 200]
+    # In units of what one GPU holds (9,066 tokens at ZeRO-3, 5,023 at ZeRO-1)
+    shares = (6.6, 3.3, 0.99, 0.55, 0.33, 0.33, 0.22, 0.11, 0.055, 0.022)
+    lengths = [round(f * baseline.cap) for f in shares]
     plan = baseline(lengths)
     assert plan.status == BaselineStatus.OK, plan.reason
-    seen = []
+    seen, uneven = [], False
     for groups, round_s in zip(plan.rounds, plan.round_s):
         assert sorted(r for g in groups for r in g.ranks) == list(range(8))
         for g in groups:
             assert megatron_block(g.ranks, 8)
             spec = cost.group_cost(len(g.ranks), g.softmax_strategy, g.linear_strategy)
             passes = [spec.fixed_s + spec.seq_time(lengths[i]) for i in g.sequences]
+            assert g.pass_s == pytest.approx(passes, rel=1e-12)
             assert g.predicted_s == pytest.approx(sum(passes), rel=1e-12)
             assert all(lengths[i] <= spec.max_tokens for i in g.sequences)
             seen += g.sequences
-        assert round_s == max(g.predicted_s for g in groups)
+        slowest = max(g.predicted_s for g in groups)
+        if zero_stage == 1:  # gradients reduced once per step: the groups' passes run freely
+            assert round_s == slowest
+        else:  # pass k is one step of all ranks; a group out of sub-samples runs a padding pass
+            lockstep = 0.0
+            for k in range(max(len(g.sequences) for g in groups)):
+                lockstep += max(
+                    g.pass_s[k]
+                    if k < len(g.sequences)
+                    else cost.group_cost(len(g.ranks), g.softmax_strategy, g.linear_strategy).time(
+                        [1]
+                    )
+                    for g in groups
+                )
+            assert round_s == pytest.approx(lockstep, rel=1e-12) and round_s >= slowest
+            uneven |= len({len(g.sequences) for g in groups}) > 1
     assert sorted(seen) == list(range(len(lengths)))
     assert plan.step_s == pytest.approx(sum(plan.round_s))
-    # The 60K sequence needs 8 GPUs at 9K tokens per GPU: the first round is one group of all.
+    assert zero_stage == 1 or uneven  # some round pads, so the lockstep sum is exercised
+    # The longest sequence needs 8 GPUs (6.6 GPUs' worth): the first round is one group of all.
     assert any(len(g.ranks) == 8 and 0 in g.sequences for g in plan.rounds[0])
 
 
