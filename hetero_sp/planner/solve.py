@@ -348,16 +348,19 @@ _DP_ROWS_PASSES = 4096
 
 class _RunEstimates:
     """Estimated makespans of consecutive runs ``[a, b)`` of the length-sorted batch planned as
-    one micro-batch with passes: the :func:`~hetero_sp.planner.assign.proportional` layout (no
-    local search; a few milliseconds), memoised."""
+    one micro-batch (with ``passes``, groups running passes): the
+    :func:`~hetero_sp.planner.assign.proportional` layout (no local search; a few
+    milliseconds), memoised; inf where that layout does not hold the run."""
 
-    def __init__(self, ordered: np.ndarray, cost: CostModel, deadline: float) -> None:
-        self.ordered, self.cost, self.deadline = ordered, cost, deadline
+    def __init__(
+        self, ordered: np.ndarray, cost: CostModel, deadline: float, passes: bool = True
+    ) -> None:
+        self.ordered, self.cost, self.deadline, self.passes = ordered, cost, deadline, passes
         self.memo: dict[tuple[int, int], float] = {}
 
     def __call__(self, a: int, b: int) -> float:
         if (a, b) not in self.memo:
-            pack = assign.proportional(self.ordered[a:b], self.cost, 0, self.deadline, True)
+            pack = assign.proportional(self.ordered[a:b], self.cost, 0, self.deadline, self.passes)
             self.memo[a, b] = float("inf") if pack is None else pack.makespan
         return self.memo[a, b]
 
@@ -417,8 +420,17 @@ def rounds_split(
         scored.append((est.total(bounds), bounds))
     if not scored:
         return None
-    total, bounds = min(scored, key=lambda c: c[0])
-    step = max(1, m // 8)
+    total, bounds = _move_cuts(*min(scored, key=lambda c: c[0]), est, deadline)
+    parts = [order[a:b].tolist() for a, b in zip(bounds, bounds[1:])]
+    return total, parts, est(0, m)
+
+
+def _move_cuts(
+    total: float, bounds: list[int], est: _RunEstimates, deadline: float
+) -> tuple[float, list[int]]:
+    """Move the inner cut points of ``bounds`` (steps halving from an eighth of the batch)
+    while the estimated total falls and time lasts."""
+    step = max(1, bounds[-1] // 8)
     while step >= 1 and time.perf_counter() < deadline:
         moved = False
         for c in range(1, len(bounds) - 1):
@@ -431,8 +443,48 @@ def rounds_split(
                     total, bounds, moved = value, trial, True
         if not moved:
             step //= 2
+    return total, bounds
+
+
+def fill_split(
+    arr: np.ndarray, cost: CostModel, base: Sequence[Sequence[int]], deadline: float
+) -> tuple[float, list[list[int]], float] | None:
+    """Without passes: the length-sorted batch cut into runs that each fill the GPUs' memory
+    with a mixed layout of groups (each run as long as the proportional layout still holds
+    it, binary search below the tokens the GPUs hold), then cut points moved while the
+    estimated total falls. The token-balanced split (``base``) asks every micro-batch to fit
+    on groups of one size, so where the longest sequences need half the GPUs each, it runs
+    them one per micro-batch on all GPUs; here two share a micro-batch on two halves.
+
+    Returns (estimate, batch indices per micro-batch, longest first, the estimate of ``base``
+    (inf where the proportional layout does not hold one of its micro-batches)), or None when
+    the deadline passed first."""
+    m = len(arr)
+    order = np.array(sorted(range(m), key=lambda i: (-arr[i], i)), dtype=np.int64)
+    ordered = arr[order]
+    est = _RunEstimates(ordered, cost, deadline, passes=False)
+    room = max(cost.topology.max_groups(d) * cost.capacity(d) for d in cost.sizes)
+    cum = np.concatenate([[0], np.cumsum(ordered)])
+    bounds = [0]
+    while bounds[-1] < m:
+        if time.perf_counter() > deadline:
+            return None
+        a = bounds[-1]
+        lo = a + 1  # one sequence always fits: its smallest holding group exists
+        hi = max(lo, int(np.searchsorted(cum, cum[a] + room, side="right")) - 1)
+        while lo < hi:  # the longest run [a, b) the layout holds, b in [lo, hi]
+            mid = (lo + hi + 1) // 2
+            if np.isfinite(est(a, mid)):
+                lo = mid
+            else:
+                hi = mid - 1
+        bounds.append(lo)
+    base_bounds = [0, *np.cumsum([len(p) for p in base]).tolist()]
+    total = est.total(bounds)
+    base_total = est.total(base_bounds)
+    total, bounds = _move_cuts(total, bounds, est, deadline)
     parts = [order[a:b].tolist() for a, b in zip(bounds, bounds[1:])]
-    return total, parts, est(0, m)
+    return total, parts, base_total
 
 
 def passes_allowed(cost: CostModel, options: PlannerConfig) -> bool:
@@ -446,9 +498,11 @@ def plan_batch(
     lengths: Sequence[int], cost: CostModel, options: PlannerConfig | None = None
 ) -> Plan:
     """Plan one step: every sequence of ``lengths`` once. Where passes are allowed
-    (:func:`passes_allowed`), the whole step as one micro-batch of groups running passes; the
-    token-balanced split into the fewest micro-batches; then, while the step's time lasts, the
-    other candidate splits whose lower bound can beat the best so far; the fastest plan is
+    (:func:`passes_allowed`), a few micro-batches of groups running passes
+    (:func:`rounds_split`) and the whole step as one; without passes, runs that fill memory
+    with mixed groups (:func:`fill_split`) where they are estimated faster; the token-balanced
+    split into the fewest micro-batches; then, while the step's time lasts, the other
+    candidate splits whose lower bound can beat the best so far; the fastest plan is
     returned."""
     options = options or PlannerConfig()
     budget = StepBudget(options)
@@ -457,7 +511,7 @@ def plan_batch(
     arr = np.asarray(lengths, dtype=np.int64)
     base = split_micro_batches(lengths, cost)
     with_passes = passes_allowed(cost, options)
-    plan, one, rounds = None, None, None
+    plan, one, rounds, filled = None, None, None, None
     if with_passes and len(base) > 1:
         # Memory splits the step, but with passes memory bounds a pass, not a micro-batch: a
         # few micro-batches of groups running passes, long sequences first on big groups
@@ -476,6 +530,14 @@ def plan_batch(
                 one = plan_micro_batch(
                     arr, list(range(len(arr))), cost, options, budget, passes=True
                 )
+    if not with_passes and len(base) > 1 and options.split_search and cost.topology.num_gpus > 1:
+        # Memory splits the step and every micro-batch is one stream per group: runs that fill
+        # memory with mixed groups (estimated in at most a quarter of the budget), planned
+        # first where their estimate beats the token-balanced split's, which keeps its share.
+        found = fill_split(arr, cost, base, time.perf_counter() + 0.25 * budget.time_left())
+        if found is not None and found[0] < found[2] * (1 - 1e-9):
+            filled = _plan_split(found[1], arr, cost, options, budget, reserve=len(base))
+            plan = filled
     if one is not None and (plan is None or one.makespan_s < plan.predicted_step_s):
         plan = Plan(
             world_size=cost.topology.num_gpus,
@@ -518,12 +580,20 @@ def plan_batch(
                 tried += 1
                 if other.predicted_step_s < plan.predicted_step_s:
                     plan, kept = other, tried
-    if tried:
+    if tried or plan is filled:
         first = plan.micro_batches[0]
-        note = f"split search: {tried} other split(s) planned, " + (
-            f"kept candidate {kept} ({len(plan.micro_batches)} micro-batches)"
-            if kept
-            else "the token-balanced split stayed best"
+        if kept:
+            which = f"candidate {kept}"
+        elif plan is filled:
+            which = "the memory-filling split"
+        elif plan is rounds:
+            which = "the passes split"
+        elif len(plan.micro_batches) == 1 and len(base) > 1:
+            which = "the whole step with passes"
+        else:
+            which = "the token-balanced split"
+        note = f"split search: {which} kept ({len(plan.micro_batches)} micro-batches)" + (
+            f", {tried} other split(s) planned" if tried else ""
         )
         solver = dataclasses.replace(
             first.solver, note="; ".join(x for x in (first.solver.note, note) if x)
