@@ -259,13 +259,12 @@ class MegatronBaseline:
         most = max(len(g.pass_s) for g in groups)
         total = 0.0
         for k in range(most):
-            total += max(
-                g.pass_s[k] if k < len(g.pass_s) else self._padding_s(len(g.ranks), g)
-                for g in groups
-            )
+            total += max(g.pass_s[k] if k < len(g.pass_s) else self._padding_s(g) for g in groups)
         return total
 
-    def _padding_s(self, size: int, group: MegatronGroup) -> float:
+    def _padding_s(self, group: MegatronGroup) -> float:
+        """A padding pass: one token on the group, with its strategy pair."""
+        size = len(group.ranks)
         spec = self.cost.group_cost(size, group.softmax_strategy, group.linear_strategy)
         return spec.time([1])
 

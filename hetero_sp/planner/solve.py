@@ -51,6 +51,11 @@ def _fits(lengths: np.ndarray, cost: CostModel, sizes: Sequence[int]) -> bool:
     return False
 
 
+def _memory_room(cost: CostModel, sizes: Sequence[int]) -> int:
+    """The most tokens one micro-batch of groups of one of ``sizes`` holds at once."""
+    return max(cost.topology.max_groups(d) * cost.capacity(d) for d in sizes)
+
+
 def split_micro_batches(
     lengths: Sequence[int], cost: CostModel, sizes: Sequence[int] | None = None
 ) -> list[list[int]]:
@@ -62,7 +67,7 @@ def split_micro_batches(
         raise PlanError(f"a sequence of {max(lengths)} tokens fits no group of sizes {sizes}")
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
     arr = np.asarray(lengths, dtype=np.int64)
-    room = max(cost.topology.max_groups(d) * cost.capacity(d) for d in sizes)
+    room = _memory_room(cost, sizes)
     fewest = max(1, -(-int(arr.sum()) // room))  # no fewer micro-batches hold the tokens
     for k in range(fewest, len(order) + 1):
         chunks = _balanced_chunks(arr[order], k)
@@ -170,11 +175,7 @@ def candidate_splits(
     k_max = min(_PASSES_SPLITS if passes else k0 + 2, len(arr))
     found: list[list[list[int]]] = []
     if k_max * len(arr) ** 2 / 2 <= _DP_CELLS and k_max * len(arr) <= _DP_ROWS:
-        room = (
-            np.inf
-            if passes
-            else max(cost.topology.max_groups(d) * cost.capacity(d) for d in cost.sizes)
-        )
+        room = np.inf if passes else _memory_room(cost, cost.sizes)
         for k, runs in sorted(_bound_splits(arr[order], cost, room, k_max).items()):
             if k >= k0:
                 found.append([order[a:b] for a, b in runs])
@@ -463,7 +464,7 @@ def fill_split(
     order = np.array(sorted(range(m), key=lambda i: (-arr[i], i)), dtype=np.int64)
     ordered = arr[order]
     est = _RunEstimates(ordered, cost, deadline, passes=False)
-    room = max(cost.topology.max_groups(d) * cost.capacity(d) for d in cost.sizes)
+    room = _memory_room(cost, cost.sizes)
     cum = np.concatenate([[0], np.cumsum(ordered)])
     bounds = [0]
     while bounds[-1] < m:
