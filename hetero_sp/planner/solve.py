@@ -18,9 +18,11 @@ budget, so the result is never slower than it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import gc
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
@@ -398,11 +400,11 @@ def rounds_split(
     for j in range(1, len(points)):
         if time.perf_counter() > deadline:
             break
-        options = [
-            (best_at[i][0] + est(points[i], points[j]), [*best_at[i][1], points[j]])
-            for i in range(j)
-            if i in best_at
-        ]
+        options = []  # the first always; the others while time lasts (each a few ms or more)
+        for i in range(j):
+            if i in best_at and (not options or time.perf_counter() < deadline):
+                total = best_at[i][0] + est(points[i], points[j])
+                options.append((total, [*best_at[i][1], points[j]]))
         best_at[j] = min(options, key=lambda o: o[0])
     last = max(best_at)
     if last == len(points) - 1:
@@ -495,17 +497,40 @@ def passes_allowed(cost: CostModel, options: PlannerConfig) -> bool:
     return options.passes and cost.zero_stage <= 1 and cost.topology.num_gpus > 1
 
 
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector off for the block (back on after it, if it was on).
+
+    A full collection walks every object of the process: in one that imported torch and
+    megatron-core it took 0.22 s, nearly half a step's planning budget, at a moment the
+    planner does not choose. The planner's own objects (pulp models, numpy arrays, plans) are
+    freed by reference counting; whatever cycles the block leaves are collected once the
+    collector runs again."""
+    was_on = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_on:
+            gc.enable()
+
+
 def plan_batch(
     lengths: Sequence[int], cost: CostModel, options: PlannerConfig | None = None
 ) -> Plan:
-    """Plan one step: every sequence of ``lengths`` once. Where passes are allowed
+    """Plan one step: every sequence of ``lengths`` once (the garbage collector paused, see
+    :func:`_collector_paused`). Where passes are allowed
     (:func:`passes_allowed`), a few micro-batches of groups running passes
     (:func:`rounds_split`) and the whole step as one; without passes, runs that fill memory
     with mixed groups (:func:`fill_split`) where they are estimated faster; the token-balanced
     split into the fewest micro-batches; then, while the step's time lasts, the other
     candidate splits whose lower bound can beat the best so far; the fastest plan is
     returned."""
-    options = options or PlannerConfig()
+    with _collector_paused():
+        return _plan_batch(lengths, cost, options or PlannerConfig())
+
+
+def _plan_batch(lengths: Sequence[int], cost: CostModel, options: PlannerConfig) -> Plan:
     budget = StepBudget(options)
     cost.check_lengths(lengths)
     lengths = [int(s) for s in lengths]

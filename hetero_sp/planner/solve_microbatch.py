@@ -67,9 +67,10 @@ class StepBudget:
         return max(self.floor_s, min(self.deadline - now, fraction * (self.part_end - now)))
 
 
-_LATE_PLACEMENTS = 4096
-"""Most sequence placements (sequences x sizes, some 20 us each) the single-kind layouts of a
-micro-batch planned after the deadline may take; beyond, the proportional layout alone."""
+_LATE_PLACEMENTS = 1024
+"""Most sequence placements (sequences x kinds, some 20 us each: 20 ms) the single-kind layouts
+of a micro-batch planned after the deadline may take, the kinds tried best bound first; the
+proportional layout always runs."""
 
 
 def _late_micro_batch(
@@ -82,22 +83,16 @@ def _late_micro_batch(
     passes: bool = False,
 ) -> MicroBatchPlan:
     """A micro-batch planned after the step's deadline, when no MILP round may start: the best
-    of the proportional mixed layout and (where that takes at most ``_LATE_PLACEMENTS``
-    placements) each size's default kind alone, on its true lengths, no local search, without
-    the bucketing only the MILP needs."""
+    of the proportional mixed layout and single-kind layouts (the kinds best by bound, as many
+    as ``_LATE_PLACEMENTS`` placements allow, one at least; all of them where no layout so far
+    holds the batch), on its true lengths, no local search, without the bucketing only the
+    MILP needs."""
     packs = [assign.proportional(lengths, cost, 0, None, passes)]
-    if len(lengths) * len(cost.sizes) <= _LATE_PLACEMENTS or packs[0] is None:
-        packs += [
-            assign.homogeneous(lengths, cost, cost.groups[d], improve_rounds=0, passes=passes)
-            for d in cost.sizes
-            if int(lengths.max()) <= cost.groups[d].max_tokens
-        ]
-    if all(p is None for p in packs):  # only a non-default kind holds some sequence
-        packs = [
-            assign.homogeneous(lengths, cost, kind, improve_rounds=0, passes=passes)
-            for kind in cost.kinds
-            if int(lengths.max()) <= kind.max_tokens
-        ]
+    kinds = _kinds_by_bound(lengths, cost)
+    for j, kind in enumerate(kinds):
+        if j * len(lengths) >= _LATE_PLACEMENTS and any(p is not None for p in packs):
+            break
+        packs.append(assign.homogeneous(lengths, cost, kind, improve_rounds=0, passes=passes))
     best = min((p for p in packs if p is not None), key=lambda p: p.makespan, default=None)
     if best is None:
         raise RuntimeError(
@@ -169,7 +164,13 @@ def _milp_makespan(slots: tuple, inp: MilpInput) -> float:
 
 _KINDS_ALWAYS = 4
 """Single-kind layouts a micro-batch always tries (the best by bound first); the others only
-while its share of the step's time lasts."""
+while less than ``_KINDS_SHARE`` of its share of the step's time is spent."""
+
+_KINDS_SHARE = 0.5
+"""Of a micro-batch's share of the step, what the single-kind layouts beyond the first
+``_KINDS_ALWAYS`` and the local search of the warm starts may use; the rest is the MILP's
+(with many kinds, e.g. 49 at 256 GPUs, or 1,000 sequences to search, they would take it
+all)."""
 
 
 def _kinds_by_bound(lengths: np.ndarray, cost: CostModel) -> list:
@@ -216,8 +217,9 @@ def plan_micro_batch(
 
     best, warm = None, None  # best: true lengths; warm: its layout over bucket means
     kinds = _kinds_by_bound(lengths, cost)
+    kinds_end = start + _KINDS_SHARE * max(0.0, budget.part_end - start)
     for j, kind in enumerate(kinds):
-        if j >= _KINDS_ALWAYS and time.perf_counter() > budget.part_end:
+        if j >= _KINDS_ALWAYS and time.perf_counter() > kinds_end:
             kinds = kinds[:j]  # out of this micro-batch's time: the likeliest kinds only
             break
         pack = assign.homogeneous(rounded, cost, kind, improve_rounds=0, passes=passes)
@@ -235,17 +237,17 @@ def plan_micro_batch(
         # Local search reorders close candidates, so improve every kind within 2% of the best.
         for kind in [p.specs[0] for p in packs if p.makespan <= top * 1.02]:
             pack = assign.homogeneous(
-                lengths, cost, kind, options.improve_rounds, budget.deadline, passes
+                lengths, cost, kind, options.improve_rounds, kinds_end, passes
             )
             if pack is not None and (best is None or pack.makespan < best.makespan):
                 best = pack
     if cost.topology.num_gpus > 1:
         # A mixed layout sized by each sequence's cheapest kind: a fall-back and warm start
         # the MILP may not beat in its time where one kind fits the batch badly.
-        mixed = assign.proportional(rounded, cost, 0, budget.deadline, passes)
+        mixed = assign.proportional(rounded, cost, 0, kinds_end, passes)
         if mixed is not None and (warm is None or mixed.makespan < warm.makespan):
             warm = mixed
-        mixed = assign.proportional(lengths, cost, options.improve_rounds, budget.deadline, passes)
+        mixed = assign.proportional(lengths, cost, options.improve_rounds, kinds_end, passes)
         if mixed is not None and (best is None or mixed.makespan < best.makespan):
             best = mixed
     stats = dict(solver="homogeneous", status="no MILP", objective_s=None, bound_s=None, gap=None)

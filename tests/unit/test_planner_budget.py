@@ -4,11 +4,25 @@ search stops at it."""
 
 from __future__ import annotations
 
+import gc
 import time
 
 import numpy as np
+import pytest
 
-from hetero_sp.planner import PlannerConfig, assign, plan_batch, solve_microbatch, validate_plan
+from hetero_sp.planner import (
+    CostModel,
+    PlannerConfig,
+    assign,
+    milp,
+    plan_batch,
+    solve,
+    solve_microbatch,
+    validate_plan,
+)
+from hetero_sp.planner.errors import PlanError
+from hetero_sp.planner.estimate import h100_estimate
+from hetero_sp.planner.simulate import DISTRIBUTIONS, sample_lengths
 from tests.planner_common import synthetic_cost
 
 LIMIT, FLOOR = 0.2, 0.05
@@ -72,3 +86,80 @@ def test_local_search_stops_at_the_deadline():
     assert spread.makespan == before
     spread.improve(300, deadline=time.perf_counter() + 60.0)
     assert spread.makespan < before / 2
+
+
+def test_the_collector_is_paused_while_planning_and_restored_after(monkeypatch):
+    # A full collection in a process holding torch took 0.22 s, half a step's budget.
+    seen = []
+    plan_one = solve.plan_micro_batch
+
+    def recording(*args, **kwargs):
+        seen.append(gc.isenabled())
+        return plan_one(*args, **kwargs)
+
+    monkeypatch.setattr(solve, "plan_micro_batch", recording)
+    cost = synthetic_cost(4, 1000)
+    options = PlannerConfig(time_limit_s=LIMIT, min_time_limit_s=FLOOR)
+    assert gc.isenabled()
+    plan_batch([900, 700, 500, 300], cost, options)
+    assert seen and not any(seen)
+    assert gc.isenabled()
+    with pytest.raises(PlanError):  # an error restores it too
+        plan_batch([10**9], cost, options)
+    assert gc.isenabled()
+    gc.disable()  # a caller who turned it off keeps it off
+    try:
+        plan_batch([900, 700], cost, options)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+
+
+def test_a_round_limit_counts_building_the_model(monkeypatch):
+    limits = []
+    make = milp.make_solver
+
+    def recording(name, time_limit_s, rel_gap, threads):
+        limits.append(time_limit_s)
+        return make(name, time_limit_s, rel_gap, threads)
+
+    monkeypatch.setattr(milp, "make_solver", recording)
+    cost, lengths = _many_micro_batches()
+    options = PlannerConfig(time_limit_s=LIMIT, min_time_limit_s=FLOOR, passes=False)
+    calls = []
+    solve_one = solve_microbatch.solve_milp
+
+    def given(*args, time_limit_s, **kwargs):
+        calls.append(time_limit_s)
+        return solve_one(*args, time_limit_s=time_limit_s, **kwargs)
+
+    monkeypatch.setattr(solve_microbatch, "solve_milp", given)
+    plan_batch(lengths, cost, options)
+    assert calls and len(limits) == len(calls)
+    for solver_s, round_s in zip(limits, calls):
+        # the solver gets what building left of the round, a quarter of it at least
+        assert 0.25 * round_s <= solver_s < round_s
+
+
+def test_a_late_micro_batch_tries_few_single_kind_layouts(monkeypatch):
+    # 25 kinds at 64 GPUs: a micro-batch planned after the deadline tries the best by bound
+    # within about 1,024 placements (here 200 sequences: 6 kinds), with the proportional layout.
+    profile = h100_estimate()
+    cost = CostModel(profile, profile.topology(64), zero_stage=3)
+    lengths = sample_lengths(DISTRIBUTIONS["web"], 200, np.random.default_rng(1), 40_000)
+    tried = []
+    single = assign.homogeneous
+
+    def recording(lengths, cost, kind, *args, **kwargs):
+        tried.append(kind)
+        return single(lengths, cost, kind, *args, **kwargs)
+
+    monkeypatch.setattr(assign, "homogeneous", recording)
+    arr = np.asarray(lengths)
+    mb = solve_microbatch._late_micro_batch(
+        arr, list(range(len(arr))), cost, PlannerConfig(), 0.0, time.perf_counter()
+    )
+    assert len(cost.kinds) == 25 and 1 <= len(tried) <= 6
+    assert tried == solve_microbatch._kinds_by_bound(arr, cost)[: len(tried)]
+    assert sorted(i for g in mb.groups for i in g.sequences) == list(range(len(arr)))
+    assert mb.makespan_s == max(g.predicted_s for g in mb.groups)

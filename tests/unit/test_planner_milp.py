@@ -18,11 +18,13 @@ from hetero_sp.planner import (
     solve_microbatch,
     validate_plan,
 )
+from hetero_sp.planner.bucketing import bucket_lengths
 from hetero_sp.planner.estimate import h100_estimate
-from hetero_sp.planner.milp import make_solver, solve_milp
+from hetero_sp.planner.milp import _HiGHSWarm, make_solver, solve_milp
 from hetero_sp.planner.plan import relative_gap
 from hetero_sp.planner.simulate import DISTRIBUTIONS, sample_lengths
-from hetero_sp.planner.solve_microbatch import StepBudget
+from hetero_sp.planner.solve import split_micro_batches
+from hetero_sp.planner.solve_microbatch import StepBudget, _as_slots, _milp_input, _milp_makespan
 from tests.planner_common import brute_force, synthetic_cost
 
 EXACT = PlannerConfig(
@@ -135,13 +137,13 @@ def test_highs_gets_the_homogeneous_plan_as_a_complete_feasible_start(monkeypatc
     starts = []
     set_solution = highspy.Highs.setSolution
 
-    def recording(self, *args):
-        status = set_solution(self, *args)
-        num, idx, val = args
-        x = np.full(self.getNumCol(), np.nan)
-        x[np.asarray(idx)] = val
+    def recording(self, start):
+        # a dense solution: the (index, value) form would make HiGHS complete it by a MIP
+        assert isinstance(start, highspy.HighsSolution) and start.value_valid
+        status = set_solution(self, start)
+        x = np.asarray(start.col_value, dtype=float)
         lp = self.getLp()
-        starts.append((num, x, _violation(lp, x), x[np.flatnonzero(lp.col_cost_)], status))
+        starts.append((lp.num_col_, x, _violation(lp, x), x[np.flatnonzero(lp.col_cost_)], status))
         return status
 
     monkeypatch.setattr(highspy.Highs, "setSolution", recording)
@@ -163,3 +165,88 @@ def test_highs_gets_the_homogeneous_plan_as_a_complete_feasible_start(monkeypatc
     # The first round starts from the best homogeneous or proportional mixed layout (buckets
     # are exact here).
     assert starts[0][3] == pytest.approx([warm], rel=1e-9)
+
+
+def test_with_almost_no_time_highs_returns_its_start():
+    # HiGHS must take the start as the incumbent, not as a partial solution to complete: with
+    # a millisecond it has no time to find a plan of its own for the first micro-batch of 256
+    # web lengths at 64 GPUs.
+    lengths, cost = _web_batch_on_64_gpus()
+    arr = np.asarray(lengths)[split_micro_batches(lengths, cost)[0]]
+    buckets = bucket_lengths(arr, 16, 0.05)
+    means = tuple(int(round(float(np.mean(arr[list(m)])))) for m in buckets.members)
+    bucket_of = np.empty(len(arr), dtype=np.int64)
+    for k, members in enumerate(buckets.members):
+        bucket_of[list(members)] = k
+    rounded = np.asarray(means)[bucket_of]
+    inp = _milp_input(cost, buckets, means)
+    start = min(
+        (p for p in (assign.homogeneous(rounded, cost, d, 0) for d in cost.sizes) if p is not None),
+        key=lambda p: p.makespan,
+    )
+    slots = _as_slots(start, bucket_of, len(means))
+    warm = _milp_makespan(slots, inp)
+    got = [
+        solve_milp(
+            inp,
+            upper_bound=warm * 1.5,
+            warm=start_slots,
+            explicit_slots=8,
+            time_limit_s=1e-3,
+            rel_gap=0.0,
+            solver="highs",
+        )
+        for start_slots in (slots, None)
+    ]
+    assert got[0] is not None and got[0].objective <= warm * (1 + 1e-6)
+    # without the start, the same millisecond finds nothing as good (the test would not show
+    # the start was used otherwise)
+    assert got[1] is None or got[1].objective > warm * (1 + 1e-6)
+
+
+def _small_model() -> pulp.LpProblem:
+    prob = pulp.LpProblem("bulk", pulp.LpMinimize)
+    x = pulp.LpVariable("x", 0, 4, cat="Integer")
+    y = pulp.LpVariable("y", cat="Binary")
+    z = pulp.LpVariable("z", lowBound=-1.5)
+    w = pulp.LpVariable("w", upBound=3.0)
+    prob += 2 * x + 3 * y - z + 0.5 * w
+    prob += x + y + z >= 1.25
+    prob += x - 2 * w <= 2.0
+    prob += y + z == 0.5
+    prob += 0 * x + w <= 2.5  # a zero coefficient is left out of the matrix
+    return prob
+
+
+def test_the_bulk_model_build_matches_pulps_row_by_row_build():
+    built = []
+    for solver in (
+        _HiGHSWarm(msg=False, timeLimit=10.0),
+        pulp.HiGHS(msg=False, timeLimit=10.0),
+    ):
+        prob = _small_model()
+        prob.solve(solver)
+        lp = prob.solverModel.getLp()
+        a = np.zeros((lp.num_row_, lp.num_col_))
+        m = lp.a_matrix_
+        for j in range(lp.num_col_):
+            for p in range(m.start_[j], m.start_[j + 1]):
+                a[m.index_[p], j] = m.value_[p]
+        built.append(
+            dict(
+                cost=list(lp.col_cost_),
+                col_lo=list(lp.col_lower_),
+                col_up=list(lp.col_upper_),
+                row_lo=list(lp.row_lower_),
+                row_up=list(lp.row_upper_),
+                integer=[t == highspy.HighsVarType.kInteger for t in lp.integrality_],
+                matrix=a.tolist(),
+                nonzeros=int(m.start_[lp.num_col_]),
+                solution={v.name: v.varValue for v in prob.variables()},
+                objective=pulp.value(prob.objective),
+            )
+        )
+    ours, pulps = built
+    assert ours == pulps
+    assert ours["integer"] == [False, True, True, False]  # w, x, y, z: pulp sorts by name
+    assert ours["nonzeros"] == 8  # 3 + 2 + 2 + 1: no zero stored
