@@ -366,31 +366,41 @@ def group_plans(pack: Packing, index: Sequence[int]) -> tuple[GroupPlan, ...]:
     return tuple(sorted(out, key=lambda g: g.ranks[0]))
 
 
+def _layout_kinds(cost: CostModel) -> list[GroupCost]:
+    """The kinds of the proportional layout: sizes that divide the node or are whole nodes."""
+    node = cost.topology.node
+    return [k for k in cost.kinds if k.size == 1 or node % k.size == 0 or k.size > node]
+
+
 def proportional(
     lengths: np.ndarray,
     cost: CostModel,
     improve_rounds: int,
     deadline: float | None = None,
     passes: bool = False,
+    cap_s: float | None = None,
 ) -> Packing | None:
     """A mixed layout without the MILP: every sequence on its cheapest group size (fewest
-    GPU-seconds among the kinds that hold it, as in the lower bound), GPUs shared among the
-    sizes in proportion to their work (one group at least each; the least-worked sizes give
-    way while they do not fit together), sequences longest first onto the group they finish
-    earliest on, then the local search. Sizes that divide the
-    node or are whole nodes only, so the groups always fit the nodes. None when some sequence
-    fits nowhere."""
+    GPU-seconds among the kinds that hold it, as in the lower bound; with ``cap_s``, among
+    those on which it takes at most ``cap_s`` seconds, or its fastest kind where none does),
+    GPUs shared among the sizes in proportion to their work (one group at least each; the
+    least-worked sizes give way while they do not fit together), sequences longest first onto
+    the group they finish earliest on, then the local search. Sizes that divide the node or
+    are whole nodes only, so the groups always fit the nodes. None when some sequence fits
+    nowhere."""
     topology = cost.topology
-    kinds = [
-        k
-        for k in cost.kinds
-        if k.size == 1 or topology.node % k.size == 0 or k.size > topology.node
-    ]
+    kinds = _layout_kinds(cost)
     s = np.asarray(lengths, dtype=float)
     work = np.full((len(kinds), len(s)), np.inf)
     for j, k in enumerate(kinds):
         fits = s <= k.max_tokens
         work[j, fits] = k.size * (k.per_token2_s * s[fits] ** 2 + k.per_token_s * s[fits])
+    if cap_s is not None:
+        alone = work / np.array([[k.size] for k in kinds]) + np.array([[k.fixed_s] for k in kinds])
+        within = alone <= cap_s
+        fastest = np.argmin(alone, axis=0)
+        within[fastest, np.arange(len(s))] |= ~within.any(axis=0)
+        work = np.where(within, work, np.inf)
     sizes = sorted({k.size for k in kinds})
     world = topology.num_gpus
     while True:
@@ -433,4 +443,54 @@ def proportional(
     if pack.lpt(range(len(s))):  # longest first, each onto the group it finishes earliest on
         return None
     pack.improve(improve_rounds, deadline)
+    return pack
+
+
+_TARGETS = 3
+"""Makespan targets :func:`proportional_best` tries besides none."""
+
+
+def proportional_best(
+    lengths: np.ndarray,
+    cost: CostModel,
+    improve_rounds: int,
+    deadline: float | None = None,
+    passes: bool = False,
+) -> Packing | None:
+    """The best of :func:`proportional` without a cap and, where the longest sequence alone
+    takes most of that layout's makespan, with caps at up to ``_TARGETS`` of its times on
+    faster kinds (a target makespan for moldable jobs: every sequence on its cheapest kind
+    that meets it); the local search runs on the winner only. Work-cheapest kinds put a long
+    document on a group that runs it slowly (a 300,000-token document on 32 of 256 GPUs:
+    2.6 s), while a bigger group finishes it sooner and the shorter ones fill the rest."""
+    best = proportional(lengths, cost, 0, deadline, passes)
+    if best is None or len(lengths) < 2:
+        return _improved(best, improve_rounds, deadline)
+    i = int(np.argmax(lengths))
+    g = int(best.where[i])
+    now = float(best.times[g, i]) + float(best.fixed[g])  # the longest one where it runs
+    if now < 0.8 * best.makespan:
+        return _improved(best, improve_rounds, deadline)  # the longest does not set it
+    s = float(lengths[i])
+    faster = sorted(
+        {
+            k.fixed_s + k.seq_time(s)
+            for k in _layout_kinds(cost)
+            if s <= k.max_tokens and k.fixed_s + k.seq_time(s) < 0.98 * now
+        }
+    )
+    step = (len(faster) - 1) / max(1, _TARGETS - 1)
+    picks = sorted({faster[round(j * step)] for j in range(_TARGETS)}) if faster else []
+    for cap in picks:
+        if deadline is not None and time.perf_counter() > deadline:
+            break
+        pack = proportional(lengths, cost, 0, deadline, passes, cap_s=cap)
+        if pack is not None and pack.makespan < best.makespan:
+            best = pack
+    return _improved(best, improve_rounds, deadline)
+
+
+def _improved(pack: Packing | None, rounds: int, deadline: float | None) -> Packing | None:
+    if pack is not None:
+        pack.improve(rounds, deadline)
     return pack

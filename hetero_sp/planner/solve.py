@@ -31,7 +31,7 @@ from hetero_sp.planner import assign
 from hetero_sp.planner.cost import CostModel
 from hetero_sp.planner.errors import PlanError
 from hetero_sp.planner.plan import Plan, validate_plan
-from hetero_sp.planner.solve_microbatch import StepBudget, plan_micro_batch
+from hetero_sp.planner.solve_microbatch import StepBudget, _kinds_by_bound, plan_micro_batch
 
 __all__ = ["Planner", "passes_allowed", "plan_batch", "split_micro_batches"]
 
@@ -353,7 +353,11 @@ class _RunEstimates:
     """Estimated makespans of consecutive runs ``[a, b)`` of the length-sorted batch planned as
     one micro-batch (with ``passes``, groups running passes): the
     :func:`~hetero_sp.planner.assign.proportional` layout (no local search; a few
-    milliseconds), memoised; inf where that layout does not hold the run."""
+    milliseconds), memoised; inf where that layout does not hold the run. Without passes
+    (the memory-filling split, a few dozen estimates) the better of
+    :func:`~hetero_sp.planner.assign.proportional_best` and the single-kind layout of the
+    kind best by bound; with passes (the passes split's dynamic programme, hundreds at 256
+    GPUs) the plain layout, which keeps it within its time."""
 
     def __init__(
         self, ordered: np.ndarray, cost: CostModel, deadline: float, passes: bool = True
@@ -363,8 +367,15 @@ class _RunEstimates:
 
     def __call__(self, a: int, b: int) -> float:
         if (a, b) not in self.memo:
-            pack = assign.proportional(self.ordered[a:b], self.cost, 0, self.deadline, self.passes)
-            self.memo[a, b] = float("inf") if pack is None else pack.makespan
+            run = self.ordered[a:b]
+            if self.passes:
+                packs = [assign.proportional(run, self.cost, 0, self.deadline, passes=True)]
+            else:
+                packs = [assign.proportional_best(run, self.cost, 0, self.deadline)]
+                kinds = _kinds_by_bound(run, self.cost)
+                if kinds:
+                    packs.append(assign.homogeneous(run, self.cost, kinds[0], 0))
+            self.memo[a, b] = min((p.makespan for p in packs if p is not None), default=np.inf)
         return self.memo[a, b]
 
     def total(self, bounds: Sequence[int]) -> float:
@@ -453,14 +464,14 @@ def fill_split(
     arr: np.ndarray, cost: CostModel, base: Sequence[Sequence[int]], deadline: float
 ) -> tuple[float, list[list[int]], float] | None:
     """Without passes: the length-sorted batch cut into runs that each fill the GPUs' memory
-    with a mixed layout of groups (each run as long as the proportional layout still holds
-    it, binary search below the tokens the GPUs hold), then cut points moved while the
-    estimated total falls. The token-balanced split (``base``) asks every micro-batch to fit
+    with a mixed layout of groups (each run as long as the layouts of :class:`_RunEstimates`
+    still hold it, binary search below the tokens the GPUs hold), then cut points moved while
+    the estimated total falls. The token-balanced split (``base``) asks every micro-batch to fit
     on groups of one size, so where the longest sequences need half the GPUs each, it runs
     them one per micro-batch on all GPUs; here two share a micro-batch on two halves.
 
     Returns (estimate, batch indices per micro-batch, longest first, the estimate of ``base``
-    (inf where the proportional layout does not hold one of its micro-batches)), or None when
+    (inf where those layouts do not hold one of its micro-batches)), or None when
     the deadline passed first."""
     m = len(arr)
     order = np.array(sorted(range(m), key=lambda i: (-arr[i], i)), dtype=np.int64)

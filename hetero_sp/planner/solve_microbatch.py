@@ -162,7 +162,7 @@ def _milp_makespan(slots: tuple, inp: MilpInput) -> float:
     )
 
 
-_KINDS_ALWAYS = 4
+_KINDS_ALWAYS = 2
 """Single-kind layouts a micro-batch always tries (the best by bound first); the others only
 while less than ``_KINDS_SHARE`` of its share of the step's time is spent."""
 
@@ -218,8 +218,10 @@ def plan_micro_batch(
     best, warm = None, None  # best: true lengths; warm: its layout over bucket means
     kinds = _kinds_by_bound(lengths, cost)
     kinds_end = start + _KINDS_SHARE * max(0.0, budget.part_end - start)
+    # the layouts over bucket means in the first half, the same kinds on true lengths after
+    means_end = start + 0.5 * (kinds_end - start)
     for j, kind in enumerate(kinds):
-        if j >= _KINDS_ALWAYS and time.perf_counter() > kinds_end:
+        if j >= _KINDS_ALWAYS and time.perf_counter() > means_end:
             kinds = kinds[:j]  # out of this micro-batch's time: the likeliest kinds only
             break
         pack = assign.homogeneous(rounded, cost, kind, improve_rounds=0, passes=passes)
@@ -244,10 +246,10 @@ def plan_micro_batch(
     if cost.topology.num_gpus > 1:
         # A mixed layout sized by each sequence's cheapest kind: a fall-back and warm start
         # the MILP may not beat in its time where one kind fits the batch badly.
-        mixed = assign.proportional(rounded, cost, 0, kinds_end, passes)
+        mixed = assign.proportional_best(rounded, cost, 0, kinds_end, passes)
         if mixed is not None and (warm is None or mixed.makespan < warm.makespan):
             warm = mixed
-        mixed = assign.proportional(lengths, cost, options.improve_rounds, kinds_end, passes)
+        mixed = assign.proportional_best(lengths, cost, options.improve_rounds, kinds_end, passes)
         if mixed is not None and (best is None or mixed.makespan < best.makespan):
             best = mixed
     stats = dict(solver="homogeneous", status="no MILP", objective_s=None, bound_s=None, gap=None)
