@@ -22,7 +22,7 @@ import contextlib
 import dataclasses
 import gc
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -440,11 +440,15 @@ def rounds_split(
 
 
 def _move_cuts(
-    total: float, bounds: list[int], est: _RunEstimates, deadline: float
+    total: float,
+    bounds: list[int],
+    est: _RunEstimates,
+    deadline: float,
+    step: int | None = None,
 ) -> tuple[float, list[int]]:
-    """Move the inner cut points of ``bounds`` (steps halving from an eighth of the batch)
-    while the estimated total falls and time lasts."""
-    step = max(1, bounds[-1] // 8)
+    """Move the inner cut points of ``bounds`` (steps halving from ``step``, by default an
+    eighth of the batch) while the estimated total falls and time lasts."""
+    step = max(1, bounds[-1] // 8 if step is None else step)
     while step >= 1 and time.perf_counter() < deadline:
         moved = False
         for c in range(1, len(bounds) - 1):
@@ -463,12 +467,26 @@ def _move_cuts(
 def fill_split(
     arr: np.ndarray, cost: CostModel, base: Sequence[Sequence[int]], deadline: float
 ) -> tuple[float, list[list[int]], float] | None:
-    """Without passes: the length-sorted batch cut into runs that each fill the GPUs' memory
-    with a mixed layout of groups (each run as long as the layouts of :class:`_RunEstimates`
-    still hold it, binary search below the tokens the GPUs hold), then cut points moved while
-    the estimated total falls. The token-balanced split (``base``) asks every micro-batch to fit
-    on groups of one size, so where the longest sequences need half the GPUs each, it runs
-    them one per micro-batch on all GPUs; here two share a micro-batch on two halves.
+    """Without passes: the length-sorted batch cut into runs of mixed groups, each cut where
+    the run's estimate (:class:`_RunEstimates`) plus a bound on the rest is least, then cut
+    points moved while the estimated total falls (steps halving from the search's
+    resolution). The token-balanced split (``base``) asks
+    every micro-batch to fit on groups of one size, so where the longest sequences need half
+    the GPUs each, it runs them one per micro-batch on all GPUs; here two share a micro-batch
+    on two halves.
+
+    A run that starts with the longest sequences left has a makespan that rises steeply while
+    they join, stays nearly flat while shorter ones fill its groups, then rises again, while
+    the rest gets faster the more the run takes. Each cut minimises the run's estimate plus the
+    rest's lower bound (the rest cut by the tokens the GPUs hold, each part's
+    :meth:`CostModel.lower_bound`; it tracks the rest's estimate where many short sequences
+    fill it, at a fraction of the time): over doublings of the run, then by golden-section
+    search between the best doubling's neighbours. Where the rest would fit as one run, the
+    cut must also beat that by estimate. Three candidates, one after another while time
+    lasts: the first run cut by the bound and the rest as long as the layouts hold them
+    (memory-filled), all runs memory-filled, and every run cut by the bound; each has its
+    cut points moved, best by estimate first, while time lasts, and the best after the moves
+    wins.
 
     Returns (estimate, batch indices per micro-batch, longest first, the estimate of ``base``
     (inf where those layouts do not hold one of its micro-batches)), or None when
@@ -479,24 +497,115 @@ def fill_split(
     est = _RunEstimates(ordered, cost, deadline, passes=False)
     room = _memory_room(cost, cost.sizes)
     cum = np.concatenate([[0], np.cumsum(ordered)])
-    bounds = [0]
-    while bounds[-1] < m:
-        if time.perf_counter() > deadline:
-            return None
-        a = bounds[-1]
-        lo = a + 1  # one sequence always fits: its smallest holding group exists
-        hi = max(lo, int(np.searchsorted(cum, cum[a] + room, side="right")) - 1)
-        while lo < hi:  # the longest run [a, b) the layout holds, b in [lo, hi]
+    width = max(2, m // 128)  # the cut searches' resolution; the moves refine below it
+
+    def room_end(a: int) -> int:
+        """Where a run from ``a`` holds at most the GPUs' tokens (one sequence at least)."""
+        return max(a + 1, int(np.searchsorted(cum, cum[a] + room, side="right")) - 1)
+
+    rest_memo: dict[int, float] = {}
+
+    def rest_bound(b: int) -> float:
+        if b not in rest_memo:
+            total, a = 0.0, b
+            while a < m:
+                e = room_end(a)
+                total += cost.lower_bound(ordered[a:e])
+                a = e
+            rest_memo[b] = total
+        return rest_memo[b]
+
+    def best_cut(a: int) -> int:
+        """The end of the run from ``a`` whose estimate plus the rest's bound is least."""
+        hi = room_end(a)
+
+        def proxy(b: int) -> float:
+            return est(a, b) + rest_bound(b)
+
+        grid = [a + 1]  # one sequence always fits: its smallest holding group exists
+        while grid[-1] < hi and np.isfinite(est(a, min(a + 2 * (grid[-1] - a), hi))):
+            grid.append(min(a + 2 * (grid[-1] - a), hi))
+        j = min(range(len(grid)), key=lambda j: proxy(grid[j]))
+        lo, up = grid[max(0, j - 1)], grid[min(len(grid) - 1, j + 1)]
+        if up < hi and j == len(grid) - 1:
+            up = hi  # the next doubling did not fit: the best may lie below it
+            while up > lo + 1 and not np.isfinite(est(a, up)):
+                up = lo + (up - lo) // 2
+        x, y = up - round(0.618 * (up - lo)), lo + round(0.618 * (up - lo))
+        while up - lo > width and time.perf_counter() < deadline:
+            if proxy(x) <= proxy(y):
+                up, y = y, x
+                x = up - round(0.618 * (up - lo))
+            else:
+                lo, x = x, y
+                y = lo + round(0.618 * (up - lo))
+        seen = [b for b in (lo, up, x, y, grid[j]) if lo <= b <= up or b == grid[j]]
+        b = min(seen, key=proxy)
+        if hi == m and b < m and np.isfinite(est(a, m)):
+            # the rest fits as one run: the bound flatters cutting it, the estimates decide
+            whole = est(a, m)
+            if est(a, b) + est(b, m) >= whole or time.perf_counter() > deadline:
+                return m
+        return b
+
+    def longest_fit(a: int) -> int:
+        """The longest run from ``a`` the layouts hold (binary search)."""
+        lo, hi = a + 1, room_end(a)
+        if hi == m and np.isfinite(est(a, m)):
+            return m
+        while lo < hi:
             mid = (lo + hi + 1) // 2
             if np.isfinite(est(a, mid)):
                 lo = mid
             else:
                 hi = mid - 1
-        bounds.append(lo)
+        return lo
+
+    def split(
+        first: Callable[[int], int], later: Callable[[int], int], lenient: bool
+    ) -> list[int] | None:
+        """Cut points: the first run ended by ``first``, the others by ``later``; None when
+        time runs out (with ``lenient``, the rest then ends as one run where that fits)."""
+        bounds = [0]
+        while bounds[-1] < m:
+            late = time.perf_counter() > deadline
+            if late and not (lenient and np.isfinite(est(bounds[-1], m))):
+                return None
+            bounds.append(m if late else (first if len(bounds) == 1 else later)(bounds[-1]))
+        return bounds
+
+    # The first run cut by the bound and the rest memory-filled first (at 256 GPUs the time
+    # may allow no other), then all runs memory-filled, each with its cuts moved (best by
+    # estimate first: moves can take the second past the first; from the search's resolution
+    # where the bound cut it, from an eighth of the batch where memory did); then, while time
+    # lasts, every run cut by the bound (where the rest holds many long sequences, the bound
+    # misjudges the later cuts, so this one only competes).
+    found: list[tuple[list[int], int]] = []
+    for first, step in ((best_cut, width), (longest_fit, m // 8)):
+        if not found or time.perf_counter() < deadline:
+            bounds = split(first, longest_fit, lenient=not found)
+            if bounds is not None:
+                found.append((bounds, step))
+    if not found:
+        return None
+    best: tuple[float, list[int]] | None = None
+
+    def keep(bounds: list[int], step: int) -> None:
+        nonlocal best
+        moved = _move_cuts(est.total(bounds), bounds, est, deadline, step)
+        best = moved if best is None or moved[0] < best[0] else best
+
+    for _, bounds, step in sorted({(est.total(b), tuple(b), s) for b, s in found}):
+        if best is None or time.perf_counter() < deadline:
+            keep(list(bounds), step)
+    if time.perf_counter() < deadline:
+        bounds = split(best_cut, best_cut, lenient=False)
+        if bounds is not None:
+            keep(bounds, width)
+    assert best is not None
     base_bounds = [0, *np.cumsum([len(p) for p in base]).tolist()]
-    total = est.total(bounds)
     base_total = est.total(base_bounds)
-    total, bounds = _move_cuts(total, bounds, est, deadline)
+    total, bounds = best
     parts = [order[a:b].tolist() for a, b in zip(bounds, bounds[1:])]
     return total, parts, base_total
 
