@@ -38,16 +38,20 @@ __all__ = ["Planner", "passes_allowed", "plan_batch", "split_micro_batches"]
 
 def _fits(lengths: np.ndarray, cost: CostModel, sizes: Sequence[int]) -> bool:
     """Whether groups of one of ``sizes`` hold these sequences in memory (first fit by tokens)."""
-    if int(np.sum(lengths)) <= cost.capacity(sizes[-1]):
+    total, longest = int(np.sum(lengths)), int(np.max(lengths))
+    if total <= cost.capacity(sizes[-1]):
         return True  # the biggest group alone holds them all
+    ordered = sorted(lengths.tolist(), reverse=True)
     for d in reversed(sizes):
-        cap = cost.capacity(d)
-        bins = np.zeros(cost.topology.max_groups(d), dtype=np.int64)
-        for s in sorted(lengths, reverse=True):
-            room = np.flatnonzero(bins + s <= cap)
-            if not len(room):
+        cap, count = cost.capacity(d), cost.topology.max_groups(d)
+        if longest > cap or total > count * cap:
+            continue  # no packing into these groups can hold them
+        bins = np.zeros(count, dtype=np.int64)
+        for s in ordered:
+            j = int(np.argmax(bins + s <= cap))  # the first group with room, if any
+            if bins[j] + s > cap:
                 break
-            bins[room[0]] += s
+            bins[j] += s
         else:
             return True
     return False
@@ -81,24 +85,30 @@ def split_micro_batches(
 
 def _balanced_chunks(sorted_lengths: np.ndarray, k: int) -> list[tuple[int, int]]:
     """At most k consecutive chunks minimising the largest chunk's tokens (binary search)."""
-    lo, hi = int(sorted_lengths.max()), int(sorted_lengths.sum())
+    total = int(sorted_lengths.sum())
+    # no cap under the mean of k chunks (or the longest sequence) makes k chunks or fewer
+    lo, hi = max(int(sorted_lengths.max()), -(-total // k)), total
+    cum = np.concatenate([[0], np.cumsum(sorted_lengths)])
     while lo < hi:
         mid = (lo + hi) // 2
-        if len(_greedy(sorted_lengths, mid)) <= k:
+        if len(_greedy(cum, mid, stop_after=k)) <= k:
             hi = mid
         else:
             lo = mid + 1
-    return _greedy(sorted_lengths, lo)
+    return _greedy(cum, lo)
 
 
-def _greedy(values: np.ndarray, cap: int) -> list[tuple[int, int]]:
-    """Consecutive chunks, each as long as it stays within ``cap`` tokens."""
-    cum = np.concatenate([[0], np.cumsum(values)])
+def _greedy(cum: np.ndarray, cap: int, stop_after: int | None = None) -> list[tuple[int, int]]:
+    """Consecutive chunks of the values whose cumulative sums (from 0) are ``cum``, each as
+    long as it stays within ``cap`` tokens; with ``stop_after``, stops one chunk past it."""
+    n = len(cum) - 1
+    # where a chunk from each start ends, for every start at once (one sequence at least)
+    ends = np.maximum(np.searchsorted(cum, cum[:-1] + cap, side="right") - 1, np.arange(1, n + 1))
+    ends = ends.tolist()
     out, start = [], 0
-    while start < len(values):
-        end = max(start + 1, int(np.searchsorted(cum, cum[start] + cap, side="right")) - 1)
-        out.append((start, end))
-        start = end
+    while start < n and (stop_after is None or len(out) <= stop_after):
+        out.append((start, ends[start]))
+        start = ends[start]
     return out
 
 
@@ -523,9 +533,15 @@ def fill_split(
             return est(a, b) + rest_bound(b)
 
         grid = [a + 1]  # one sequence always fits: its smallest holding group exists
-        while grid[-1] < hi and np.isfinite(est(a, min(a + 2 * (grid[-1] - a), hi))):
+        while (
+            grid[-1] < hi
+            and time.perf_counter() < deadline
+            and np.isfinite(est(a, min(a + 2 * (grid[-1] - a), hi)))
+        ):
             grid.append(min(a + 2 * (grid[-1] - a), hi))
         j = min(range(len(grid)), key=lambda j: proxy(grid[j]))
+        if time.perf_counter() > deadline:
+            return grid[j]  # out of time: the best doubling (its run fits)
         lo, up = grid[max(0, j - 1)], grid[min(len(grid) - 1, j + 1)]
         if up < hi and j == len(grid) - 1:
             up = hi  # the next doubling did not fit: the best may lie below it
@@ -553,7 +569,7 @@ def fill_split(
         lo, hi = a + 1, room_end(a)
         if hi == m and np.isfinite(est(a, m)):
             return m
-        while lo < hi:
+        while lo < hi and time.perf_counter() < deadline:  # past it: the longest known to fit
             mid = (lo + hi + 1) // 2
             if np.isfinite(est(a, mid)):
                 lo = mid
@@ -658,6 +674,7 @@ def _plan_batch(lengths: Sequence[int], cost: CostModel, options: PlannerConfig)
     base = split_micro_batches(lengths, cost)
     with_passes = passes_allowed(cost, options)
     plan, one, rounds, filled = None, None, None, None
+    base_estimate = np.inf
     if with_passes and len(base) > 1:
         # Memory splits the step, but with passes memory bounds a pass, not a micro-batch: a
         # few micro-batches of groups running passes, long sequences first on big groups
@@ -670,8 +687,14 @@ def _plan_batch(lengths: Sequence[int], cost: CostModel, options: PlannerConfig)
                     parts, arr, cost, options, budget, reserve=len(parts), passes=True
                 )
                 plan = rounds
-            if len(parts) == 1 or whole <= estimate * (1 + _WHOLE_MARGIN):
-                # the whole step as one micro-batch with passes, in half of what is left
+            late = plan is not None and budget.out_of_time()
+            if len(parts) == 1 or (
+                whole <= estimate * (1 + _WHOLE_MARGIN)
+                and not (late and whole >= plan.predicted_step_s)
+            ):
+                # the whole step as one micro-batch with passes, in half of what is left (past
+                # the deadline only where its estimate beats the plan in hand: planned late,
+                # 2,048 sequences took 0.1 s)
                 budget.start_micro_batch(2)
                 one = plan_micro_batch(
                     arr, list(range(len(arr))), cost, options, budget, passes=True
@@ -684,6 +707,7 @@ def _plan_batch(lengths: Sequence[int], cost: CostModel, options: PlannerConfig)
         if found is not None and found[0] < found[2] * (1 - 1e-9):
             filled = _plan_split(found[1], arr, cost, options, budget, reserve=len(base))
             plan = filled
+            base_estimate = found[2]
     if one is not None and (plan is None or one.makespan_s < plan.predicted_step_s):
         plan = Plan(
             world_size=cost.topology.num_gpus,
@@ -691,8 +715,13 @@ def _plan_batch(lengths: Sequence[int], cost: CostModel, options: PlannerConfig)
             micro_batches=(one,),
             memory_limit_bytes=cost.memory_limit_bytes,
         )
-    if plan is None or _split_bound(base, arr, cost) < plan.predicted_step_s:
-        # the token-balanced split, unless its bound cannot beat the plan with passes
+    if plan is None or (
+        _split_bound(base, arr, cost) < plan.predicted_step_s
+        and not (plan is filled and budget.out_of_time() and plan.predicted_step_s <= base_estimate)
+    ):
+        # the token-balanced split, unless its bound cannot beat the plan in hand, or, past the
+        # deadline, the memory-filling split's plan beats its estimate (planned late, its 19
+        # micro-batches of 2,048 sequences took 0.09 s at 256 GPUs)
         split = _plan_split(base, arr, cost, options, budget, reserve=int(with_passes and not one))
         if plan is None or split.predicted_step_s < plan.predicted_step_s:
             plan = split

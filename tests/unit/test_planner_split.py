@@ -4,8 +4,12 @@ plan is never slower than the token-balanced split's."""
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from hetero_sp.config import load_config
 from hetero_sp.planner import (
@@ -192,3 +196,22 @@ def test_the_filling_split_cut_by_the_bound_is_never_worse_than_memory_filled_ru
     assert estimate <= filled * (1 + 1e-9)
     if (dist, seed) == ("code", 1):
         assert estimate < filled * 0.995
+
+
+@given(
+    st.lists(st.integers(1, 1000), min_size=1, max_size=8).map(lambda v: sorted(v, reverse=True)),
+    st.integers(1, 9),
+)
+@settings(max_examples=300, deadline=None)
+def test_balanced_chunks_minimise_the_largest_chunk(values, k):
+    # Against every way to cut the sorted lengths into at most k consecutive chunks.
+    arr = np.asarray(values, dtype=np.int64)
+    chunks = solve._balanced_chunks(arr, k)
+    assert chunks[0][0] == 0 and chunks[-1][1] == len(values) and len(chunks) <= k
+    assert all(a < b and b == c for (a, b), (c, _) in zip(chunks, chunks[1:]))
+    best = min(
+        max(sum(values[a:b]) for a, b in zip((0, *cuts), (*cuts, len(values))))
+        for n in range(min(k, len(values)))
+        for cuts in itertools.combinations(range(1, len(values)), n)
+    )
+    assert max(int(arr[a:b].sum()) for a, b in chunks) == best
