@@ -100,7 +100,10 @@ class Packing:
         """Loads with every group's passes packed for real (:meth:`pass_bins`)."""
         if not self.passes:
             return self.loads()
-        num = np.array([len(self.pass_bins(g)) for g in range(len(self.sizes))])
+        # a group whose tokens fit its memory runs one pass; only the others are packed
+        num = np.where(self.count > 0, 1, 0)
+        for g in np.flatnonzero(self.tokens > self.cap):
+            num[g] = len(self.pass_bins(int(g)))
         return self.busy + self.fixed * num
 
     def add(self, i: int, g: int) -> None:

@@ -166,7 +166,7 @@ def test_a_late_micro_batch_tries_few_single_kind_layouts(monkeypatch):
     assert mb.makespan_s == max(g.predicted_s for g in mb.groups)
 
 
-def test_a_late_micro_batch_gets_a_short_local_search_within_the_steps_allowance():
+def test_a_late_micro_batch_gets_a_short_local_search_within_the_steps_allowance(monkeypatch):
     # 150 encyclopedic-like documents at 256 GPUs that the GPUs' memory holds: the local
     # search takes the best late layout lower (here 2.2446 s -> 2.2443 s) in a few ms, never
     # past the end it is given; a step's late searches together end 5% of the limit after
@@ -181,10 +181,43 @@ def test_a_late_micro_batch_gets_a_short_local_search_within_the_steps_allowance
     index = list(range(len(held)))
     options = PlannerConfig()
     now = time.perf_counter()
-    plain = solve_microbatch._late_micro_batch(held, index, cost, options, 0.0, now, now)
-    now = time.perf_counter()
     searched = solve_microbatch._late_micro_batch(held, index, cost, options, 0.0, now, now + 1)
+    monkeypatch.setattr(solve_microbatch, "_LATE_SEARCH_S", 0.0)
+    now = time.perf_counter()
+    plain = solve_microbatch._late_micro_batch(held, index, cost, options, 0.0, now, now + 1)
     assert len(held) == 150
     assert searched.makespan_s < plain.makespan_s * (1 - 1e-5)
     budget = solve_microbatch.StepBudget(PlannerConfig(time_limit_s=0.4))
     assert budget.late_search_end == pytest.approx(budget.deadline + 0.02)
+
+
+def test_past_the_late_allowance_a_micro_batch_takes_the_first_single_kind_layout(monkeypatch):
+    # Once the step's late searches have used their allowance, a late micro-batch tries the
+    # single-kind layouts best bound first and keeps the first that holds it: no proportional
+    # layout, no search.
+    profile = h100_estimate()
+    cost = CostModel(profile, profile.topology(64), zero_stage=1)
+    cut = cost.capacity(8)
+    lengths = np.asarray(sample_lengths(DISTRIBUTIONS["code"], 30, np.random.default_rng(2), cut))
+    tried, single = [], assign.homogeneous
+
+    def recording(lengths, cost, kind, *args, **kwargs):
+        out = single(lengths, cost, kind, *args, **kwargs)
+        tried.append((kind, out is not None))
+        return out
+
+    def no_proportional(*args, **kwargs):
+        raise AssertionError("the proportional layout was tried past the allowance")
+
+    monkeypatch.setattr(assign, "homogeneous", recording)
+    monkeypatch.setattr(assign, "proportional", no_proportional)
+    now = time.perf_counter()
+    index = list(range(len(lengths)))
+    mb = solve_microbatch._late_micro_batch(lengths, index, cost, PlannerConfig(), 0.0, now, now)
+    kinds = solve_microbatch._kinds_by_bound(lengths, cost)
+    assert [k for k, _ in tried] == kinds[: len(tried)]
+    assert [ok for _, ok in tried] == [False] * (len(tried) - 1) + [True]
+    assert sorted(i for g in mb.groups for i in g.sequences) == index
+    used = {(g.size, g.softmax_strategy, g.linear_strategy) for g in mb.groups if g.sequences}
+    last = tried[-1][0]
+    assert used == {(last.size, last.softmax_strategy, last.linear_strategy)}

@@ -11,7 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hetero_sp.planner import PlannerConfig, plan_batch, validate_plan
+from hetero_sp.planner import PlannerConfig, load_profile, plan_batch, validate_plan
+from hetero_sp.planner.cluster import Link
 from hetero_sp.planner.cost import CostModel
 from hetero_sp.planner.errors import PlanError
 from hetero_sp.planner.plan import Plan
@@ -105,6 +106,23 @@ def test_heterogeneous_groups_beat_every_homogeneous_layout():
     for d in cost.sizes:
         homogeneous = homogeneous_plan(lengths, cost, d)
         assert homogeneous is None or plan.predicted_step_s < homogeneous.predicted_step_s
+
+
+def test_the_strategy_pair_is_chosen_with_the_tokens_it_holds():
+    # H100 estimate, 2 GPUs per node, 6 GB/s between nodes, 4 GPUs, ZeRO-3. Choosing one
+    # softmax strategy per size by time per token took all-gather K/V for pairs, which hold
+    # 13,446 tokens: the batch then needed one cross-node group of 4 (0.886 s). Ulysses pairs
+    # hold 13,511: two pairs inside the nodes take 0.703 s, which the planner must find.
+    profile = load_profile("configs/profiles/h100x8-estimate.json")
+    inter = Link(latency_s=profile.inter_node.latency_s, bandwidth_Bps=6e9)
+    cost = CostModel(profile, profile.topology(4, gpus_per_node=2, inter_node=inter), zero_stage=3)
+    lengths = [10152, 5134, 799, 4490, 775, 3855, 633]
+    plan = plan_batch(lengths, cost, PlannerConfig(time_limit_s=5.0, min_time_limit_s=0.5))
+    validate_plan(plan, cost)
+    (mb,) = plan.micro_batches
+    busy = [g for g in mb.groups if g.sequences]
+    assert [(g.size, g.softmax_strategy) for g in busy] == [(2, "ulysses")] * 2
+    assert plan.predicted_step_s == pytest.approx(0.7031, rel=1e-3)
 
 
 @pytest.mark.parametrize("why", ["passes off", "zero stage 2"])
