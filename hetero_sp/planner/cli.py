@@ -127,7 +127,8 @@ def _cmd_simulate(args: argparse.Namespace, read_lengths: Callable[[str], np.nda
     print(
         "x: the baseline's predicted time over HeteroSP's (above 1: HeteroSP faster), on the "
         "steps it could run (ok/steps); /LB, /MILPb: HeteroSP over the lower bound and over the "
-        "MILP's bound; p50 s, p95 s, Flex p95, Mcore p95: planning time per step"
+        "MILP's bound; p50 s, p95 s, Flex p95, Mcore p95: planning wall time per step; cpu95: "
+        "HeteroSP's planning CPU time per step, p95"
     )
     if args.json:
         out = dict(
