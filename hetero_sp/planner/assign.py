@@ -56,6 +56,8 @@ class Packing:
         self.tokens = np.zeros(len(self.sizes), dtype=np.int64)
         self.count = np.zeros(len(self.sizes), dtype=np.int64)
         self.where = np.full(len(self.lengths), -1, dtype=np.int64)
+        self._moves = 0  # add/remove calls: the makespan is cached between them
+        self._makespan_at: tuple[int, float] | None = None
 
     def _fixed(self, tokens: np.ndarray, count: np.ndarray, g=slice(None)) -> np.ndarray:
         """Fixed time of groups ``g`` holding ``tokens`` in ``count`` sequences."""
@@ -75,8 +77,12 @@ class Packing:
 
     @property
     def makespan(self) -> float:
-        """The busiest group's time, its passes packed for real."""
-        return float(self.exact_loads().max()) if self.sizes else 0.0
+        """The busiest group's time, its passes packed for real (cached until a sequence
+        moves: packing the passes of every group costs milliseconds)."""
+        if self._makespan_at is None or self._makespan_at[0] != self._moves:
+            value = float(self.exact_loads().max()) if self.sizes else 0.0
+            self._makespan_at = (self._moves, value)
+        return self._makespan_at[1]
 
     def pass_bins(self, g: int) -> list[list[int]]:
         """Group ``g``'s sequences as passes: one pass without ``passes``, else first fit by
@@ -111,6 +117,7 @@ class Packing:
         self.tokens[g] += self.lengths[i]
         self.count[g] += 1
         self.where[i] = g
+        self._moves += 1
 
     def remove(self, i: int) -> None:
         g = self.where[i]
@@ -118,6 +125,7 @@ class Packing:
         self.tokens[g] -= self.lengths[i]
         self.count[g] -= 1
         self.where[i] = -1
+        self._moves += 1
 
     def lpt(self, items: Sequence[int], allowed: Sequence[int] | None = None) -> list[int]:
         """Place items longest first on the least-loaded allowed group with memory room;
@@ -228,8 +236,7 @@ def homogeneous(
         return None
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
     if passes:
-        pack = Packing(lengths, cost, sizes, passes=True)
-        pack.lpt(order)  # every sequence fits a pass: nothing fails
+        pack = _lpt_identical_passes(Packing(lengths, cost, sizes, passes=True), order)
         pack.improve(improve_rounds, deadline)
         return pack
     pack = _lpt_identical(Packing(lengths, cost, sizes), order)
@@ -255,6 +262,40 @@ def _lpt_identical(pack: Packing, order: Sequence[int]) -> Packing | None:
         heapq.heappush(heap, (pack.busy[g] + fixed, g))
         for item in skipped:
             heapq.heappush(heap, item)
+    return pack
+
+
+def _lpt_identical_passes(pack: Packing, order: Sequence[int]) -> Packing:
+    """:meth:`Packing.lpt` with passes on groups of one kind, with a heap of (load, group):
+    a sequence adds its time and, where it opens a pass, the fixed time, so the group it
+    finishes earliest on is the least loaded unless that one needs a new pass; then only groups
+    loaded less than one fixed time more compete (every sequence fits a pass: nothing fails)."""
+    cap, fixed = int(pack.cap[0]), float(pack.fixed[0])
+    per_pass = max(cap, 1)
+    tokens = [0] * len(pack.sizes)
+
+    def opens(g: int, n: int) -> int:  # 1 where the sequence needs one more pass in group g
+        if not tokens[g]:
+            return 0  # an empty group's one pass is in its load already
+        return -(-(tokens[g] + n) // per_pass) - -(-tokens[g] // per_pass)
+
+    heap = [(fixed, g) for g in range(len(pack.sizes))]  # empty groups: one pass's fixed time
+    for i in order:
+        n = int(pack.lengths[i])
+        popped = [heapq.heappop(heap)]
+        best = (popped[0][0] + fixed * opens(popped[0][1], n), popped[0][1])
+        while heap and best[0] > popped[0][0] and heap[0][0] <= best[0]:
+            load, g = heapq.heappop(heap)
+            popped.append((load, g))
+            best = min(best, (load + fixed * opens(g, n), g))
+        g = best[1]
+        pack.add(i, g)
+        tokens[g] += n
+        for item in popped:
+            if item[1] != g:
+                heapq.heappush(heap, item)
+        num = max(1, -(-tokens[g] // per_pass))
+        heapq.heappush(heap, (float(pack.busy[g]) + fixed * num, g))
     return pack
 
 

@@ -10,6 +10,7 @@ import pytest
 
 from hetero_sp.planner import CostModel, assign
 from hetero_sp.planner.estimate import h100_estimate
+from hetero_sp.planner.simulate import DISTRIBUTIONS, sample_lengths
 
 
 @pytest.fixture(scope="module")
@@ -65,3 +66,28 @@ def test_a_cap_the_gpus_cannot_meet_gives_no_layout_and_the_best_keeps_the_plain
     best = assign.proportional_best(lengths, cost_256, 0)
     _check_layout(best, lengths)
     assert best.makespan <= plain.makespan
+
+
+@pytest.mark.parametrize("num_gpus", [8, 64])
+@pytest.mark.parametrize("seed", range(3))
+def test_the_heap_placement_with_passes_places_as_the_general_one(num_gpus, seed):
+    # Single-kind layouts with passes place by a heap over identical groups; every sequence
+    # must land where the general longest-first placement (numpy over all groups) puts it.
+    profile = h100_estimate()
+    cost = CostModel(profile, profile.topology(num_gpus), zero_stage=1)
+    rng = np.random.default_rng(seed)
+    lengths = np.asarray(
+        sample_lengths(DISTRIBUTIONS["code"], int(rng.integers(50, 600)), rng, cost.capacity(8))
+    )
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    kinds = [k for k in cost.kinds if k.max_tokens >= lengths.max()][::4]
+    assert kinds
+    for kind in kinds:
+        groups = [kind] * cost.topology.max_groups(kind.size)
+        general = assign.Packing(lengths, cost, groups, passes=True)
+        assert general.lpt(order) == []
+        heap = assign._lpt_identical_passes(
+            assign.Packing(lengths, cost, groups, passes=True), order
+        )
+        np.testing.assert_array_equal(heap.where, general.where)
+        assert heap.makespan == pytest.approx(general.makespan, rel=1e-12)
