@@ -516,13 +516,10 @@ def fill_split(
     rest_memo: dict[int, float] = {}
 
     def rest_bound(b: int) -> float:
+        """The rest from ``b`` cut greedily by the GPUs' tokens, each part's lower bound."""
         if b not in rest_memo:
-            total, a = 0.0, b
-            while a < m:
-                e = room_end(a)
-                total += cost.lower_bound(ordered[a:e])
-                a = e
-            rest_memo[b] = total
+            parts = _greedy(cum[b:] - cum[b], room)
+            rest_memo[b] = sum(cost.lower_bound(ordered[b + s : b + e]) for s, e in parts)
         return rest_memo[b]
 
     def best_cut(a: int) -> int:

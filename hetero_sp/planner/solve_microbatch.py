@@ -76,8 +76,8 @@ proportional layout always runs."""
 
 _LATE_SEARCH_S = 0.015
 """The local search on the best layout of a micro-batch planned after the deadline: a few
-milliseconds that, on micro-batches of 50-150 sequences at 256 GPUs, take 4-5% off the
-layout (what a MILP round with time would also have found)."""
+milliseconds that took 3.4% and 4.6% off two late micro-batches of a 1,024-document step at
+256 GPUs, and on many others nothing or hundredths of a percent."""
 
 _LATE_SEARCH_SHARE = 0.05
 """How far past the deadline, as a share of ``time_limit_s``, the late micro-batches' local
